@@ -1,0 +1,129 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config is everything cmd/topohub reads from flags and TOPOHUB_*
+// variables. A flag wins over its variable; the variable over the default.
+type config struct {
+	Addr            string
+	RedisURL        string
+	JWTSecret       string
+	JWTIssuer       string
+	JWTAudience     string
+	JWTType         string
+	RoleClaim       string
+	StreamRoles     []string
+	BasePath        string
+	MaxConnsPerUser int
+	Keepalive       time.Duration
+	AllowedOrigins  []string
+	AllowQueryToken bool
+	KeyPrefix       string
+	QueueSize       int
+	MaxSubs         int
+	Families        string
+	LogFormat       string
+}
+
+type envFlag struct {
+	name, env, def, usage string
+	set                   func(string) error
+}
+
+func loadConfig(args []string, getenv func(string) string) (*config, error) {
+	c := &config{}
+	str := func(p *string) func(string) error { return func(v string) error { *p = v; return nil } }
+	list := func(p *[]string) func(string) error {
+		return func(v string) error {
+			*p = nil
+			for _, s := range strings.Split(v, ",") {
+				if s = strings.TrimSpace(s); s != "" {
+					*p = append(*p, s)
+				}
+			}
+			return nil
+		}
+	}
+	num := func(p *int) func(string) error {
+		return func(v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil || n <= 0 {
+				return fmt.Errorf("want a positive integer, got %q", v)
+			}
+			*p = n
+			return nil
+		}
+	}
+	dur := func(p *time.Duration) func(string) error {
+		return func(v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return fmt.Errorf("want a positive duration such as 15s, got %q", v)
+			}
+			*p = d
+			return nil
+		}
+	}
+	boolean := func(p *bool) func(string) error {
+		return func(v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("want true or false, got %q", v)
+			}
+			*p = b
+			return nil
+		}
+	}
+	defs := []envFlag{
+		{"addr", "TOPOHUB_ADDR", ":8080", "HTTP listen address", str(&c.Addr)},
+		{"redis-url", "TOPOHUB_REDIS_URL", "", "Redis URL (redis://host:6379/0); empty starts an embedded development broker", str(&c.RedisURL)},
+		{"jwt-secret", "TOPOHUB_JWT_SECRET", "", "HS256 secret, at least 32 bytes; required with a Redis URL", str(&c.JWTSecret)},
+		{"jwt-issuer", "TOPOHUB_JWT_ISSUER", "decnet", "required iss claim (empty: not checked)", str(&c.JWTIssuer)},
+		{"jwt-audience", "TOPOHUB_JWT_AUDIENCE", "decnet-dashboard", "required aud claim (empty: not checked)", str(&c.JWTAudience)},
+		{"jwt-type", "TOPOHUB_JWT_TYPE", "access", "required typ claim (empty: not checked)", str(&c.JWTType)},
+		{"role-claim", "TOPOHUB_ROLE_CLAIM", "role", "claim holding the role", str(&c.RoleClaim)},
+		{"stream-roles", "TOPOHUB_STREAM_ROLES", "viewer,admin", "roles allowed to stream (comma-separated)", list(&c.StreamRoles)},
+		{"base-path", "TOPOHUB_BASE_PATH", "/api/v1", "prefix of the API routes", str(&c.BasePath)},
+		{"max-conns-per-user", "TOPOHUB_MAX_CONNS_PER_USER", "5", "streams per user, WebSocket and SSE together", num(&c.MaxConnsPerUser)},
+		{"keepalive", "TOPOHUB_KEEPALIVE", "15s", "keepalive interval", dur(&c.Keepalive)},
+		{"allowed-origins", "TOPOHUB_ALLOWED_ORIGINS", "", "WebSocket Origin allow-list (comma-separated; empty: same host only)", list(&c.AllowedOrigins)},
+		{"allow-query-token", "TOPOHUB_ALLOW_QUERY_TOKEN", "false", "accept a raw JWT in ?token= (legacy clients)", boolean(&c.AllowQueryToken)},
+		{"key-prefix", "TOPOHUB_KEY_PREFIX", "topohub:", "prefix of every Redis key", str(&c.KeyPrefix)},
+		{"queue-size", "TOPOHUB_QUEUE_SIZE", "256", "queued events per client and topology before a resync", num(&c.QueueSize)},
+		{"max-subscriptions", "TOPOHUB_MAX_SUBSCRIPTIONS", "100", "topologies per WebSocket connection", num(&c.MaxSubs)},
+		{"families", "TOPOHUB_FAMILIES", "topology=segment,decky=payload:topology_id", "topic families and their routing", str(&c.Families)},
+		{"log-format", "TOPOHUB_LOG_FORMAT", "text", "log format: text or json", str(&c.LogFormat)},
+	}
+	fs := flag.NewFlagSet("topohub", flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: topohub [flags]\n\nEvery flag can also be set with its environment variable.\n\n")
+		for _, d := range defs {
+			fmt.Fprintf(fs.Output(), "  -%s (%s, default %q)\n    \t%s\n", d.name, d.env, d.def, d.usage)
+		}
+	}
+	for _, d := range defs {
+		v := d.def
+		if e := getenv(d.env); e != "" {
+			v = e
+		}
+		if err := d.set(v); err != nil {
+			return nil, fmt.Errorf("%s: %w", d.env, err)
+		}
+		fs.Func(d.name, d.usage, d.set)
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return nil, errors.New("TOPOHUB_LOG_FORMAT: want text or json")
+	}
+	return c, nil
+}
+

@@ -1,0 +1,165 @@
+// Command topohub is the real-time event hub for topology editors: one
+// Redis pattern subscription per topic family, routed to WebSocket and
+// legacy SSE clients. With no TOPOHUB_REDIS_URL it starts an embedded
+// development broker and prints how to use it.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"topohub/busredis"
+	"topohub/handlers"
+	"topohub/hub"
+)
+
+func main() {
+	if err := run(context.Background(), os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "topohub:", err)
+		os.Exit(1)
+	}
+}
+
+// shutdownGrace bounds the whole shutdown after SIGINT/SIGTERM.
+const shutdownGrace = 5 * time.Second
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := loadConfig(args, getenv)
+	if err != nil {
+		return err
+	}
+	var lh slog.Handler = slog.NewTextHandler(stderr, nil)
+	if cfg.LogFormat == "json" {
+		lh = slog.NewJSONHandler(stderr, nil)
+	}
+	log := slog.New(lh)
+
+	families, err := hub.ParseFamilies(cfg.Families)
+	if err != nil {
+		return fmt.Errorf("TOPOHUB_FAMILIES: %w", err)
+	}
+
+	var dev *devBroker
+	redisURL := cfg.RedisURL
+	if redisURL == "" {
+		dev, err = startDevBroker(cfg)
+		if err != nil {
+			return err
+		}
+		defer dev.Close()
+		redisURL = dev.URL()
+	} else if len(cfg.JWTSecret) < handlers.MinSecretLen {
+		return fmt.Errorf("TOPOHUB_JWT_SECRET must be at least %d bytes (got %d); generate one with: openssl rand -hex 32", handlers.MinSecretLen, len(cfg.JWTSecret))
+	}
+	ropts, err := redis.ParseURL(redisURL)
+	if err != nil {
+		return fmt.Errorf("TOPOHUB_REDIS_URL: %w", err)
+	}
+	rdb := redis.NewClient(ropts)
+	defer rdb.Close()
+
+	h, err := hub.New(hub.Config{
+		Families:         families,
+		Snapshots:        busredis.NewSnapshots(rdb, cfg.KeyPrefix),
+		QueueSize:        cfg.QueueSize,
+		MaxSubscriptions: cfg.MaxSubs,
+		Logger:           log,
+	})
+	if err != nil {
+		return err
+	}
+	sub := busredis.NewSubscriber(ropts, h, busredis.SubscriberConfig{Families: families, Logger: log})
+
+	srv, err := handlers.New(h, handlers.Config{
+		BasePath: cfg.BasePath,
+		Auth: handlers.AuthConfig{
+			Secret:          []byte(cfg.JWTSecret),
+			Issuer:          cfg.JWTIssuer,
+			Audience:        cfg.JWTAudience,
+			Type:            cfg.JWTType,
+			RoleClaim:       cfg.RoleClaim,
+			Roles:           cfg.StreamRoles,
+			AllowQueryToken: cfg.AllowQueryToken,
+		},
+		Limiter:   hub.NewLocalLimiter(cfg.MaxConnsPerUser),
+		Keepalive: cfg.Keepalive,
+		Ready:     sub.Ready,
+		Logger:    log,
+	})
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Addr, err)
+	}
+	httpSrv := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	bgCtx, cancelBg := context.WithCancel(context.Background())
+	var bg sync.WaitGroup
+	bg.Go(func() { sub.Run(bgCtx) })
+	bg.Go(func() { h.Run(bgCtx, 0) })
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- httpSrv.Serve(ln) }()
+	base := "http://" + displayAddr(ln.Addr())
+	log.Info("topohub listening", "url", base, "families", cfg.Families)
+	if dev != nil {
+		if err := dev.Announce(stdout, cfg, base); err != nil {
+			cancelBg()
+			bg.Wait()
+			return err
+		}
+	}
+
+	select {
+	case err := <-serveErr:
+		cancelBg()
+		bg.Wait()
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	shCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	srv.Drain()
+	if err := httpSrv.Shutdown(shCtx); err != nil {
+		log.Warn("forcing connections closed", "err", err)
+		_ = httpSrv.Close()
+	}
+	cancelBg()
+	bg.Wait()
+	if err := <-serveErr; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// displayAddr turns a listen address into one a person can paste:
+// an unspecified host becomes 127.0.0.1.
+func displayAddr(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok || ta.IP == nil || ta.IP.IsUnspecified() {
+		if ok {
+			return fmt.Sprintf("127.0.0.1:%d", ta.Port)
+		}
+		return a.String()
+	}
+	return ta.String()
+}

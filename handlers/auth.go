@@ -1,0 +1,223 @@
+package handlers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// MinSecretLen is the shortest HS256 secret accepted.
+const MinSecretLen = 32
+
+// AuthConfig configures token verification (PROTOCOL §5).
+type AuthConfig struct {
+	// Secret is the HS256 key; at least MinSecretLen bytes. Required.
+	Secret []byte
+	// Issuer required in "iss". Zero value means no check; cmd/topohub
+	// defaults it to "decnet".
+	Issuer string
+	// Audience that "aud" (a string or an array) must contain. Zero value
+	// means no check; cmd/topohub defaults it to "decnet-dashboard".
+	Audience string
+	// Type required in "typ". Zero value means no check; cmd/topohub
+	// defaults it to "access".
+	Type string
+	// RoleClaim names the claim holding the role. Zero value means "role".
+	RoleClaim string
+	// Roles allowed to open streams. Zero value means viewer and admin.
+	Roles []string
+	// AllowQueryToken accepts a raw JWT in ?token= (legacy clients).
+	// Zero value means refused: a token in a URL ends up in proxy logs.
+	AllowQueryToken bool
+}
+
+// A Principal is an authenticated caller.
+type Principal struct {
+	User    string
+	Role    string
+	Expires time.Time // end of the session: the token's exp
+	JTI     string    // token id, for revocation; may be empty
+}
+
+// An AuthError is a refused credential with its HTTP status (401 or 403).
+// Message is safe to show to the caller and to log: it never holds the
+// credential.
+type AuthError struct {
+	Status  int
+	Message string
+}
+
+func (e *AuthError) Error() string { return e.Message }
+
+func unauthorized(format string, args ...any) *AuthError {
+	return &AuthError{Status: http.StatusUnauthorized, Message: fmt.Sprintf(format, args...)}
+}
+
+// Authenticator verifies JWTs and redeems tickets.
+type Authenticator struct {
+	cfg     AuthConfig
+	parser  *jwt.Parser
+	tickets TicketStore
+}
+
+// A TicketStore mints and redeems single-use tickets (busredis.Tickets).
+type TicketStore interface {
+	// Mint stores a ticket for p and returns it with its lifetime.
+	Mint(ctx context.Context, p Principal) (ticket string, ttl time.Duration, err error)
+	// Redeem consumes a ticket exactly once; ErrTicketInvalid when it is
+	// unknown, expired or already used.
+	Redeem(ctx context.Context, ticket string) (Principal, error)
+}
+
+// ErrTicketInvalid is returned by TicketStore.Redeem.
+var ErrTicketInvalid = errors.New("ticket unknown, expired or already used")
+
+// NewAuthenticator checks cfg and builds the verifier. tickets may be nil
+// (then ?ticket= is refused).
+func NewAuthenticator(cfg AuthConfig, tickets TicketStore) (*Authenticator, error) {
+	if len(cfg.Secret) < MinSecretLen {
+		return nil, fmt.Errorf("jwt secret is %d bytes; at least %d are required", len(cfg.Secret), MinSecretLen)
+	}
+	if cfg.RoleClaim == "" {
+		cfg.RoleClaim = "role"
+	}
+	if len(cfg.Roles) == 0 {
+		cfg.Roles = []string{"viewer", "admin"}
+	}
+	opts := []jwt.ParserOption{
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+	}
+	if cfg.Issuer != "" {
+		opts = append(opts, jwt.WithIssuer(cfg.Issuer))
+	}
+	if cfg.Audience != "" {
+		opts = append(opts, jwt.WithAudience(cfg.Audience))
+	}
+	return &Authenticator{cfg: cfg, parser: jwt.NewParser(opts...), tickets: tickets}, nil
+}
+
+// VerifyToken checks a JWT and the role it carries.
+func (a *Authenticator) VerifyToken(raw string) (Principal, error) {
+	claims := jwt.MapClaims{}
+	_, err := a.parser.ParseWithClaims(raw, claims, func(*jwt.Token) (any, error) { return a.cfg.Secret, nil })
+	if err != nil {
+		return Principal{}, unauthorized("invalid token: %s", tokenProblem(err))
+	}
+	if a.cfg.Type != "" {
+		if typ, _ := claims["typ"].(string); typ != a.cfg.Type {
+			return Principal{}, unauthorized("invalid token: typ is not %q", a.cfg.Type)
+		}
+	}
+	user, _ := claims["uuid"].(string)
+	if user == "" {
+		user, _ = claims["sub"].(string)
+	}
+	if user == "" {
+		return Principal{}, unauthorized("invalid token: no uuid or sub claim")
+	}
+	exp, _ := claims.GetExpirationTime()
+	p := Principal{User: user, Expires: exp.Time}
+	p.Role, _ = claims[a.cfg.RoleClaim].(string)
+	p.JTI, _ = claims["jti"].(string)
+	if err := a.checkRole(p); err != nil {
+		return Principal{}, err
+	}
+	return p, nil
+}
+
+func (a *Authenticator) checkRole(p Principal) error {
+	if !slices.Contains(a.cfg.Roles, p.Role) {
+		return &AuthError{Status: http.StatusForbidden, Message: "role not allowed to stream"}
+	}
+	return nil
+}
+
+// tokenProblem names what is wrong with a token without echoing it.
+func tokenProblem(err error) string {
+	switch {
+	case errors.Is(err, jwt.ErrTokenMalformed):
+		return "malformed"
+	case errors.Is(err, jwt.ErrTokenSignatureInvalid), errors.Is(err, jwt.ErrTokenUnverifiable):
+		return "bad signature or algorithm"
+	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
+		return "required claim missing"
+	case errors.Is(err, jwt.ErrTokenExpired):
+		return "expired"
+	case errors.Is(err, jwt.ErrTokenNotValidYet), errors.Is(err, jwt.ErrTokenUsedBeforeIssued):
+		return "not valid yet"
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return "wrong issuer"
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return "wrong audience"
+	}
+	return "rejected"
+}
+
+// Authenticate reads the request's credential: an Authorization Bearer
+// header, a ?ticket=, or (only when enabled) a ?token=.
+func (a *Authenticator) Authenticate(c *gin.Context) (Principal, error) {
+	if h := c.GetHeader("Authorization"); h != "" {
+		scheme, tok, ok := strings.Cut(h, " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+			return Principal{}, unauthorized("authorization header must be \"Bearer <token>\"")
+		}
+		return a.VerifyToken(strings.TrimSpace(tok))
+	}
+	if t := c.Query("ticket"); t != "" {
+		return a.RedeemTicket(c.Request.Context(), t)
+	}
+	if t := c.Query("token"); t != "" {
+		if !a.cfg.AllowQueryToken {
+			return Principal{}, unauthorized("tokens in the query string are refused; mint a ticket with POST /auth/sse-ticket")
+		}
+		return a.VerifyToken(t)
+	}
+	return Principal{}, unauthorized("missing credentials: send Authorization: Bearer <token> or ?ticket=")
+}
+
+// RedeemTicket consumes a ticket and re-checks the session it carries.
+func (a *Authenticator) RedeemTicket(ctx context.Context, ticket string) (Principal, error) {
+	if a.tickets == nil {
+		return Principal{}, unauthorized("tickets are not enabled")
+	}
+	p, err := a.tickets.Redeem(ctx, ticket)
+	if err != nil {
+		if errors.Is(err, ErrTicketInvalid) {
+			return Principal{}, unauthorized("%v", ErrTicketInvalid)
+		}
+		return Principal{}, err
+	}
+	if !p.Expires.IsZero() && !time.Now().Before(p.Expires) {
+		return Principal{}, unauthorized("the session this ticket was minted from has expired")
+	}
+	if err := a.checkRole(p); err != nil {
+		return Principal{}, err
+	}
+	return p, nil
+}
+
+// abortAuth answers a refused credential.
+func abortAuth(c *gin.Context, err error) {
+	var ae *AuthError
+	if errors.As(err, &ae) {
+		if ae.Status == http.StatusUnauthorized {
+			c.Header("WWW-Authenticate", `Bearer realm="topohub"`)
+		}
+		abortJSON(c, ae.Status, ae.Message)
+		return
+	}
+	abortJSON(c, http.StatusServiceUnavailable, "credential store unavailable")
+}
+
+func abortJSON(c *gin.Context, status int, msg string) {
+	c.AbortWithStatusJSON(status, gin.H{"error": msg})
+}

@@ -1,0 +1,313 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"hash/maphash"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Config configures a Hub. The zero value of every field but Snapshots
+// means the default written beside it.
+type Config struct {
+	// Families routed to topologies. Zero value means DefaultFamilies().
+	Families []Family
+	// Snapshots answers existence and snapshot reads. Required.
+	Snapshots SnapshotSource
+	// QueueSize bounds each client's queued events per topology; on
+	// overflow they are replaced by one resync snapshot. Zero value means 256.
+	QueueSize int
+	// MaxSubscriptions bounds the topologies one client may subscribe to.
+	// Zero value means 100.
+	MaxSubscriptions int
+	// HistorySize is how many recent events per topology are kept for
+	// resume. Zero value means 512.
+	HistorySize int
+	// HistoryAge is how long an event is kept for resume. Zero value means
+	// 5 minutes.
+	HistoryAge time.Duration
+	// MaxBodySize is the largest bus message accepted. Zero value means 1 MiB.
+	MaxBodySize int
+	// Logger receives structured logs. Zero value means slog.Default().
+	Logger *slog.Logger
+	// Now returns the current time. Zero value means time.Now.
+	Now func() time.Time
+}
+
+// Errors a caller branches on.
+var (
+	ErrTooManySubscriptions = errors.New("too many subscriptions")
+	ErrClientClosed         = errors.New("client closed")
+)
+
+const numShards = 32
+
+// Hub routes decoded bus events to the clients subscribed to their
+// topology. Delivery takes only the lock of that one topology and each
+// subscriber's own queue lock, never a global lock, and never blocks on a
+// client: a full queue is replaced by a resync snapshot.
+type Hub struct {
+	cfg      Config
+	decoder  *Decoder
+	log      *slog.Logger
+	logDrops rate.Sometimes
+
+	epoch    int64
+	epochStr string
+	seq      atomic.Uint64 // last sequence handed out
+
+	seed   maphash.Seed
+	shards [numShards]shard
+
+	clientsMu sync.Mutex
+	clients   map[*Client]struct{}
+
+	stats Stats
+}
+
+type shard struct {
+	mu     sync.Mutex
+	topics map[string]*topology
+}
+
+// New builds a hub. It fails when no snapshot source is given.
+func New(cfg Config) (*Hub, error) {
+	if cfg.Snapshots == nil {
+		return nil, errors.New("hub: Config.Snapshots is required")
+	}
+	if cfg.Families == nil {
+		cfg.Families = DefaultFamilies()
+	}
+	if cfg.QueueSize <= 0 {
+		cfg.QueueSize = 256
+	}
+	if cfg.MaxSubscriptions <= 0 {
+		cfg.MaxSubscriptions = 100
+	}
+	if cfg.HistorySize <= 0 {
+		cfg.HistorySize = 512
+	}
+	if cfg.HistoryAge <= 0 {
+		cfg.HistoryAge = 5 * time.Minute
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	h := &Hub{
+		cfg:      cfg,
+		decoder:  NewDecoder(cfg.Families, cfg.MaxBodySize),
+		log:      cfg.Logger,
+		logDrops: rate.Sometimes{First: 5, Interval: 10 * time.Second},
+		epoch:    cfg.Now().UnixMilli(),
+		seed:     maphash.MakeSeed(),
+		clients:  map[*Client]struct{}{},
+	}
+	h.epochStr = strconv.FormatInt(h.epoch, 10)
+	for i := range h.shards {
+		h.shards[i].topics = map[string]*topology{}
+	}
+	return h, nil
+}
+
+// Families returns the families the hub routes; busredis subscribes to
+// their patterns.
+func (h *Hub) Families() []Family { return h.cfg.Families }
+
+// Snapshots returns the hub's snapshot source.
+func (h *Hub) Snapshots() SnapshotSource { return h.cfg.Snapshots }
+
+// Epoch is the first half of every cursor this hub process hands out.
+func (h *Hub) Epoch() int64 { return h.epoch }
+
+// Stats returns the hub's counters.
+func (h *Hub) Stats() *Stats { return &h.stats }
+
+// Clients returns the number of open clients.
+func (h *Hub) Clients() int {
+	h.clientsMu.Lock()
+	defer h.clientsMu.Unlock()
+	return len(h.clients)
+}
+
+func (h *Hub) shardFor(id string) *shard {
+	return &h.shards[maphash.String(h.seed, id)%numShards]
+}
+
+// topicFor returns the topic state of id, creating it when create is set.
+// The returned topic may be evicted concurrently: callers lock it and check
+// dead, retrying on a dead one.
+func (h *Hub) topicFor(id string, create bool) *topology {
+	sh := h.shardFor(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	t := sh.topics[id]
+	if t == nil && create {
+		t = newTopology(id, h.seq.Load(), h.cfg.HistorySize)
+		sh.topics[id] = t
+	}
+	return t
+}
+
+// lockTopic returns the live topic state of id, locked.
+func (h *Hub) lockTopic(id string) *topology {
+	for {
+		t := h.topicFor(id, true)
+		t.mu.Lock()
+		if !t.dead {
+			return t
+		}
+		t.mu.Unlock()
+	}
+}
+
+func (h *Hub) cursor(seq uint64) string {
+	b := make([]byte, 0, len(h.epochStr)+21)
+	b = append(b, h.epochStr...)
+	b = append(b, '-')
+	b = strconv.AppendUint(b, seq, 10)
+	return string(b)
+}
+
+// HandleMessage decodes one bus message and publishes it. A message that
+// cannot reach a client is counted, logged (rate-limited) and returned as
+// a *DropError; it never disturbs the hub.
+func (h *Hub) HandleMessage(channel string, body []byte) error {
+	h.stats.Received.Add(1)
+	ev, err := h.decoder.Decode(channel, body, h.cfg.Now())
+	if err != nil {
+		var de *DropError
+		if errors.As(err, &de) {
+			h.stats.Dropped[de.Reason].Add(1)
+			if de.Reason != DropUnrouted {
+				h.logDrops.Do(func() {
+					h.log.Warn("bus message dropped", "reason", de.Reason.String(), "channel", de.Channel, "detail", de.Detail, "bytes", len(body))
+				})
+			}
+		}
+		return err
+	}
+	h.Publish(ev)
+	return nil
+}
+
+// Publish assigns the event its cursor, records it in the topology's
+// history and queues it for every subscriber of the topology.
+func (h *Hub) Publish(ev *Event) {
+	t := h.lockTopic(ev.Topology)
+	defer t.mu.Unlock()
+	seq := h.seq.Add(1)
+	ev.Seq = seq
+	ev.Cursor = h.cursor(seq)
+	if ev.received.IsZero() {
+		ev.received = h.cfg.Now()
+	}
+	t.record(ev)
+	for _, s := range t.subs {
+		s.client.enqueue(s, ev)
+	}
+	h.stats.Published.Add(1)
+	h.stats.Delivered.Add(uint64(len(t.subs)))
+}
+
+// BusGap tells the hub that the bus subscription was lost and is back:
+// events may have been missed. Every topology's history is cut (a cursor
+// from before the gap can no longer be replayed) and every subscription
+// of every client is queued a resync snapshot.
+func (h *Hub) BusGap() {
+	h.stats.BusGaps.Add(1)
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.Lock()
+		topics := make([]*topology, 0, len(sh.topics))
+		for _, t := range sh.topics {
+			topics = append(topics, t)
+		}
+		sh.mu.Unlock()
+		for _, t := range topics {
+			t.mu.Lock()
+			if !t.dead {
+				gap := h.seq.Add(1)
+				t.cut(gap)
+				for _, s := range t.subs {
+					s.client.resync(s, gap)
+				}
+			}
+			t.mu.Unlock()
+		}
+	}
+}
+
+// Sweep drops history older than HistoryAge and forgets topologies with
+// no subscriber and no history left. Run calls it periodically.
+func (h *Hub) Sweep() {
+	cutoff := h.cfg.Now().Add(-h.cfg.HistoryAge)
+	for i := range h.shards {
+		sh := &h.shards[i]
+		sh.mu.Lock()
+		for id, t := range sh.topics {
+			t.mu.Lock()
+			t.expire(cutoff)
+			if len(t.subs) == 0 && t.hist.len() == 0 {
+				t.dead = true
+				delete(sh.topics, id)
+			}
+			t.mu.Unlock()
+		}
+		sh.mu.Unlock()
+	}
+}
+
+// Run sweeps the history every interval until ctx ends.
+func (h *Hub) Run(ctx context.Context, interval time.Duration) {
+	if interval <= 0 {
+		interval = 30 * time.Second
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			h.Sweep()
+		}
+	}
+}
+
+// Shutdown ends every client with reason; their transports see Done.
+func (h *Hub) Shutdown(reason DisconnectReason) {
+	h.ForEachClient(func(c *Client) { c.Disconnect(reason) })
+}
+
+// ForEachClient calls fn for every open client, holding no hub lock; used
+// to end the connections of a revoked token.
+func (h *Hub) ForEachClient(fn func(*Client)) {
+	h.clientsMu.Lock()
+	cs := make([]*Client, 0, len(h.clients))
+	for c := range h.clients {
+		cs = append(cs, c)
+	}
+	h.clientsMu.Unlock()
+	for _, c := range cs {
+		fn(c)
+	}
+}
+
+// Stats are the hub's counters, read by the metrics handler.
+type Stats struct {
+	Received  atomic.Uint64 // bus messages handed to the hub
+	Published atomic.Uint64 // events routed to a topology
+	Delivered atomic.Uint64 // event deliveries queued to clients
+	Resyncs   atomic.Uint64 // resync snapshots queued (overflow or gap)
+	BusGaps   atomic.Uint64 // bus subscription gaps
+	Dropped   [numDropReasons]atomic.Uint64
+}
