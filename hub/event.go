@@ -18,14 +18,14 @@ const DefaultMaxBodySize = 1 << 20
 type DropReason int
 
 const (
-	DropTooLarge       DropReason = iota // body over the size limit
-	DropBadChannel                       // channel breaks the token rules
-	DropNoFamily                         // channel outside every configured family
-	DropNotJSON                          // body is not JSON
-	DropNotObject                        // body is JSON but not an object
-	DropBadPayload                       // "payload" is not an object
-	DropBadField                         // "type" not a string or "ts" not a number
-	DropUnrouted                         // no topology: missing routing field, or one that is not a valid id
+	DropTooLarge   DropReason = iota // body over the size limit
+	DropBadChannel                   // channel breaks the token rules
+	DropNoFamily                     // channel outside every configured family
+	DropNotJSON                      // body is not JSON
+	DropNotObject                    // body is JSON but not an object
+	DropBadPayload                   // "payload" is not an object
+	DropBadField                     // "type" not a string or "ts" not a number
+	DropUnrouted                     // no topology: missing routing field, or one that is not a valid id
 	numDropReasons
 )
 
@@ -213,6 +213,9 @@ func (d *Decoder) Decode(channel string, body []byte, now time.Time) (*Event, er
 	switch fam.Route {
 	case RouteSegment:
 		topology, _, _ = strings.Cut(rest, ".")
+		if len(topology) > MaxTopologyIDLen {
+			return nil, drop(DropUnrouted, channel, "topology id longer than %d bytes", MaxTopologyIDLen)
+		}
 	case RoutePayloadField:
 		src := top
 		if isEnvelope {

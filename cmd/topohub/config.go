@@ -126,4 +126,3 @@ func loadConfig(args []string, getenv func(string) string) (*config, error) {
 	}
 	return c, nil
 }
-
