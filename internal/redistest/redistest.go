@@ -26,6 +26,7 @@ type Server struct {
 	URL      string
 	Addr     string
 	external bool
+	durable  bool
 	dir      string
 	cmd      *exec.Cmd
 	exited   chan struct{}
@@ -35,7 +36,22 @@ type Server struct {
 // stops it when the test ends.
 func Start(tb testing.TB) *Server {
 	tb.Helper()
-	s, err := start()
+	s, err := start(false)
+	if err != nil {
+		tb.Fatalf("redistest: %v", err)
+	}
+	tb.Cleanup(s.Stop)
+	return s
+}
+
+// StartDurable is Start for a server whose data must survive Kill and
+// Restart: it writes an append-only file synced on every write.
+func StartDurable(tb testing.TB) *Server {
+	tb.Helper()
+	if os.Getenv(EnvURL) != "" {
+		tb.Skip("redistest: a durable server to kill cannot be the external " + EnvURL)
+	}
+	s, err := start(true)
 	if err != nil {
 		tb.Fatalf("redistest: %v", err)
 	}
@@ -44,9 +60,9 @@ func Start(tb testing.TB) *Server {
 }
 
 // StartMain is Start for TestMain: the caller stops the server.
-func StartMain() (*Server, error) { return start() }
+func StartMain() (*Server, error) { return start(false) }
 
-func start() (*Server, error) {
+func start(durable bool) (*Server, error) {
 	if u := os.Getenv(EnvURL); u != "" {
 		opts, err := redis.ParseURL(u)
 		if err != nil {
@@ -67,7 +83,7 @@ func start() (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir}
+		s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir, durable: durable}
 		s.URL = "redis://" + s.Addr
 		if lastErr = s.launch(); lastErr == nil {
 			return s, nil
@@ -88,10 +104,12 @@ func freePort() (int, error) {
 
 func (s *Server) launch() error {
 	_, port, _ := net.SplitHostPort(s.Addr)
-	cmd := exec.Command("redis-server",
-		"--port", port, "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no",
-		"--dir", s.dir, "--logfile", "")
+	aof := []string{"--appendonly", "no"}
+	if s.durable {
+		aof = []string{"--appendonly", "yes", "--appendfsync", "always"}
+	}
+	args := append([]string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--dir", s.dir, "--logfile", ""}, aof...)
+	cmd := exec.Command("redis-server", args...)
 	cmd.Stdout, cmd.Stderr = nil, nil
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start redis-server: %w", err)
@@ -144,7 +162,8 @@ func (s *Server) kill() {
 	s.cmd = nil
 }
 
-// Restart starts the server again on the same port, empty.
+// Restart starts the server again on the same port: empty, or with its
+// data for a durable server.
 func (s *Server) Restart(tb testing.TB) {
 	tb.Helper()
 	if s.external {
