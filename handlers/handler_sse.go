@@ -73,6 +73,7 @@ func (s *Server) handleSSE(c *gin.Context) {
 
 	client := s.hub.NewClient(p.User)
 	defer client.Close()
+	client.SetTokenID(p.JTI)
 	since := c.GetHeader("Last-Event-ID")
 	if since == "" {
 		since = c.Query("lastEventId")

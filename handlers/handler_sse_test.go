@@ -101,6 +101,14 @@ func TestSSEBadBodiesDroppedStreamKeepsWorking(t *testing.T) {
 	if dropped < uint64(len(bad)+1) {
 		t.Errorf("dropped %d, want at least %d", dropped, len(bad)+1)
 	}
+	resp := th.get(context.Background(), th.http.URL+"/metrics", nil)
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`topohub_bus_messages_dropped_total{reason="not_json"} 3`, `topohub_bus_messages_dropped_total{reason="bad_channel"} 1`, "topohub_clients 1", "topohub_bus_subscription_up 1"} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 }
 
 func TestSSEAuthRefusals(t *testing.T) {

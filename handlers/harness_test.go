@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -44,6 +45,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// quietLog keeps request logs out of test output.
+var quietLog = slog.New(slog.DiscardHandler)
+
 var testSecret = []byte("0123456789abcdef0123456789abcdef-test")
 
 // testHub is a hub wired to a real redis-server and served over loopback.
@@ -78,6 +82,8 @@ func withSnapshotWrapper(f func(hub.SnapshotSource) hub.SnapshotSource) hubOptio
 func newTestHub(t *testing.T, opts ...hubOption) *testHub {
 	t.Helper()
 	setup := hubSetup{redis: pkgRedis}
+	setup.cfg.Logger = quietLog
+	setup.hubCfg.Logger = quietLog
 	setup.cfg.Auth = AuthConfig{Secret: testSecret, Issuer: "decnet", Audience: "decnet-dashboard", Type: "access"}
 	for _, o := range opts {
 		o(&setup)
@@ -95,7 +101,7 @@ func newTestHub(t *testing.T, opts ...hubOption) *testHub {
 		t.Fatal(err)
 	}
 	th.hub = h
-	th.sub = busredis.NewSubscriber(setup.redis.Options(), h, busredis.SubscriberConfig{Families: h.Families()})
+	th.sub = busredis.NewSubscriber(setup.redis.Options(), h, busredis.SubscriberConfig{Families: h.Families(), Logger: quietLog})
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { th.sub.Run(ctx) })

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"topohub/hub"
 )
@@ -79,6 +80,8 @@ func New(h *hub.Hub, cfg Config) (*Server, error) {
 	e.Use(gin.Recovery(), s.accessLog)
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
+	reg := newMetricsRegistry(h, cfg.Ready)
+	e.GET("/metrics", gin.WrapH(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})))
 	api := e.Group(cfg.BasePath)
 	api.GET("/topologies/:id/events", s.handleSSE)
 	s.engine = e

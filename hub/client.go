@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 )
 
 // DisconnectReason says why the hub ended a client. Transports map it to
@@ -61,6 +62,8 @@ type Client struct {
 	doneOnce sync.Once
 	done     chan struct{}
 	reason   DisconnectReason // written before done is closed
+
+	tokenID atomic.Pointer[string]
 
 	mu     sync.Mutex
 	closed bool
@@ -124,6 +127,18 @@ func (h *Hub) NewClient(user string) *Client {
 
 // User returns the user the client was opened for.
 func (c *Client) User() string { return c.user }
+
+// SetTokenID records the id (jti) of the credential the connection now
+// rests on, so a revocation can find it; a refresh replaces it.
+func (c *Client) SetTokenID(jti string) { c.tokenID.Store(&jti) }
+
+// TokenID returns the id recorded by SetTokenID, or "".
+func (c *Client) TokenID() string {
+	if p := c.tokenID.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
 
 // Ready fires when the queue may hold something for Pop.
 func (c *Client) Ready() <-chan struct{} { return c.ready }

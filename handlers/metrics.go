@@ -1,0 +1,70 @@
+package handlers
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"topohub/hub"
+)
+
+// hubCollector exposes the hub's counters; it reads them at scrape time,
+// so the hot path only bumps atomics.
+type hubCollector struct {
+	hub                                              *hub.Hub
+	ready                                            func() bool
+	received, published, delivered, resyncs, busGaps *prometheus.Desc
+	dropped, clients, busUp                          *prometheus.Desc
+}
+
+func newHubCollector(h *hub.Hub, ready func() bool) *hubCollector {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("topohub_"+name, help, labels, nil)
+	}
+	return &hubCollector{
+		hub:       h,
+		ready:     ready,
+		received:  d("bus_messages_received_total", "Bus messages handed to the hub."),
+		published: d("events_published_total", "Bus events routed to a topology."),
+		delivered: d("event_deliveries_total", "Event deliveries queued to clients."),
+		resyncs:   d("resyncs_total", "Resync snapshots queued (queue overflow, bus gap or stale cursor)."),
+		busGaps:   d("bus_subscription_established_total", "Times the bus subscription was (re)established."),
+		dropped:   d("bus_messages_dropped_total", "Bus messages that reached no client, by reason.", "reason"),
+		clients:   d("clients", "Open client connections."),
+		busUp:     d("bus_subscription_up", "1 when every pattern subscription is established."),
+	}
+}
+
+func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.received, c.published, c.delivered, c.resyncs, c.busGaps, c.dropped, c.clients, c.busUp} {
+		ch <- d
+	}
+}
+
+func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.hub.Stats()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	counter(c.received, s.Received.Load())
+	counter(c.published, s.Published.Load())
+	counter(c.delivered, s.Delivered.Load())
+	counter(c.resyncs, s.Resyncs.Load())
+	counter(c.busGaps, s.BusGaps.Load())
+	for _, r := range hub.DropReasons() {
+		counter(c.dropped, s.Dropped[r].Load(), r.String())
+	}
+	ch <- prometheus.MustNewConstMetric(c.clients, prometheus.GaugeValue, float64(c.hub.Clients()))
+	up := 0.0
+	if c.ready() {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(c.busUp, prometheus.GaugeValue, up)
+}
+
+// newMetricsRegistry holds the hub's metrics and the Go runtime's.
+func newMetricsRegistry(h *hub.Hub, ready func() bool) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(newHubCollector(h, ready), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
