@@ -11,6 +11,8 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/golang-jwt/jwt/v5"
+
+	"topohub/hub"
 )
 
 // MinSecretLen is the shortest HS256 secret accepted.
@@ -38,13 +40,8 @@ type AuthConfig struct {
 	AllowQueryToken bool
 }
 
-// A Principal is an authenticated caller.
-type Principal struct {
-	User    string
-	Role    string
-	Expires time.Time // end of the session: the token's exp
-	JTI     string    // token id, for revocation; may be empty
-}
+// Principal is the authenticated caller (an alias of hub.Principal).
+type Principal = hub.Principal
 
 // An AuthError is a refused credential with its HTTP status (401 or 403).
 // Message is safe to show to the caller and to log: it never holds the
@@ -67,17 +64,11 @@ type Authenticator struct {
 	tickets TicketStore
 }
 
-// A TicketStore mints and redeems single-use tickets (busredis.Tickets).
-type TicketStore interface {
-	// Mint stores a ticket for p and returns it with its lifetime.
-	Mint(ctx context.Context, p Principal) (ticket string, ttl time.Duration, err error)
-	// Redeem consumes a ticket exactly once; ErrTicketInvalid when it is
-	// unknown, expired or already used.
-	Redeem(ctx context.Context, ticket string) (Principal, error)
-}
+// TicketStore is hub.TicketStore; busredis.Tickets implements it.
+type TicketStore = hub.TicketStore
 
-// ErrTicketInvalid is returned by TicketStore.Redeem.
-var ErrTicketInvalid = errors.New("ticket unknown, expired or already used")
+// ErrTicketInvalid is hub.ErrTicketInvalid.
+var ErrTicketInvalid = hub.ErrTicketInvalid
 
 // NewAuthenticator checks cfg and builds the verifier. tickets may be nil
 // (then ?ticket= is refused).

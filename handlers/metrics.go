@@ -67,4 +67,3 @@ func newMetricsRegistry(h *hub.Hub, ready func() bool) *prometheus.Registry {
 	reg.MustRegister(newHubCollector(h, ready), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
 }
-
