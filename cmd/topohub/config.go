@@ -37,8 +37,8 @@ type envFlag struct {
 	set                   func(string) error
 }
 
-func loadConfig(args []string, getenv func(string) string) (*config, error) {
-	c := &config{}
+// flagDefs lists every setting, bound to c.
+func flagDefs(c *config) []envFlag {
 	str := func(p *string) func(string) error { return func(v string) error { *p = v; return nil } }
 	list := func(p *[]string) func(string) error {
 		return func(v string) error {
@@ -81,7 +81,7 @@ func loadConfig(args []string, getenv func(string) string) (*config, error) {
 			return nil
 		}
 	}
-	defs := []envFlag{
+	return []envFlag{
 		{"addr", "TOPOHUB_ADDR", ":8080", "HTTP listen address", str(&c.Addr)},
 		{"redis-url", "TOPOHUB_REDIS_URL", "", "Redis URL (redis://host:6379/0); empty starts an embedded development broker", str(&c.RedisURL)},
 		{"jwt-secret", "TOPOHUB_JWT_SECRET", "", "HS256 secret, at least 32 bytes; required with a Redis URL", str(&c.JWTSecret)},
@@ -101,6 +101,11 @@ func loadConfig(args []string, getenv func(string) string) (*config, error) {
 		{"families", "TOPOHUB_FAMILIES", "topology=segment,decky=payload:topology_id", "topic families and their routing", str(&c.Families)},
 		{"log-format", "TOPOHUB_LOG_FORMAT", "text", "log format: text or json", str(&c.LogFormat)},
 	}
+}
+
+func loadConfig(args []string, getenv func(string) string) (*config, error) {
+	c := &config{}
+	defs := flagDefs(c)
 	fs := flag.NewFlagSet("topohub", flag.ContinueOnError)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: topohub [flags]\n\nEvery flag can also be set with its environment variable.\n\n")
