@@ -40,12 +40,17 @@ func ValidateTopic(topic string) error {
 	if topic == "" {
 		return errors.New("empty topic")
 	}
-	for i, tok := range strings.Split(topic, ".") {
+	rest := topic
+	for i := 0; ; i++ {
+		tok, tail, more := strings.Cut(rest, ".")
 		if !ValidToken(tok) {
-			return fmt.Errorf("topic %q: token %d is empty or holds '.', '*', '>' or white space", topic, i)
+			return fmt.Errorf("topic %q: token %d is empty or holds '*', '>' or white space", topic, i)
 		}
+		if !more {
+			return nil
+		}
+		rest = tail
 	}
-	return nil
 }
 
 // ValidateTopologyID checks a topology id given by a client or a URL.
