@@ -1,0 +1,68 @@
+package handlers
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"topohub/internal/redistest"
+)
+
+func TestHealthAndReadiness(t *testing.T) {
+	rs := redistest.StartDurable(t)
+	th := newTestHub(t, withRedis(rs))
+	status := func(path string) int {
+		resp := th.get(context.Background(), th.http.URL+path, nil)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := status("/healthz"); got != http.StatusOK {
+		t.Fatalf("/healthz %d", got)
+	}
+	if got := status("/readyz"); got != http.StatusOK {
+		t.Fatalf("/readyz %d with the subscription up", got)
+	}
+	rs.Kill(t)
+	waitFor(t, 10*time.Second, "/readyz to report the lost subscription", func() bool { return status("/readyz") == http.StatusServiceUnavailable })
+	if got := status("/healthz"); got != http.StatusOK {
+		t.Fatalf("/healthz %d while Redis is down: the process is alive", got)
+	}
+	rs.Restart(t)
+	waitFor(t, 15*time.Second, "/readyz to recover", func() bool { return status("/readyz") == http.StatusOK })
+}
+
+func TestSSEKeepalive(t *testing.T) {
+	th := newTestHub(t, withConfig(func(c *Config) { c.Keepalive = 20 * time.Millisecond }))
+	s := th.openSSE(th.sseURL(th.newTopology()), bearer(th.token()))
+	if f := s.next(); f != ": keepalive\n\n" {
+		t.Fatalf("first frame %q", f)
+	}
+	s.nextEvent() // snapshot
+	for range 3 {
+		if f := s.next(); f != ": keepalive\n\n" {
+			t.Fatalf("idle stream sent %q, want keepalives", f)
+		}
+	}
+}
+
+func TestDrainEndsStreamsAndRefusesNew(t *testing.T) {
+	th := newTestHub(t)
+	id := th.newTopology()
+	s := th.openSSE(th.sseURL(id), bearer(th.token()))
+	s.nextEvent()
+	th.srv.Drain()
+	if !s.ended(10 * time.Second) {
+		t.Fatal("stream still open after Drain")
+	}
+	resp := th.get(context.Background(), th.sseURL(id), bearer(th.token()))
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "shutting down") {
+		t.Fatalf("after Drain: %d %s", resp.StatusCode, body)
+	}
+	waitFor(t, 10*time.Second, "client count back to zero", func() bool { return th.hub.Clients() == 0 })
+}
