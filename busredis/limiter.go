@@ -1,0 +1,304 @@
+package busredis
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"topohub/hub"
+)
+
+// LimiterConfig configures a Limiter.
+type LimiterConfig struct {
+	// Max is how many streams one user may hold across every instance.
+	// Zero value means 5.
+	Max int
+	// Prefix of the limiter's keys. Zero value means DefaultKeyPrefix.
+	Prefix string
+	// InstanceID names this process in Redis. It must be unique per
+	// process: a restarted process that reused it would inherit its
+	// predecessor's counts. Zero value means "<hostname>-<random hex>".
+	InstanceID string
+	// TTL is how long this instance's liveness key outlives its last
+	// heartbeat, and so how soon the slots of a crashed instance are
+	// freed. Zero value means 15s.
+	TTL time.Duration
+	// Heartbeat is the interval at which Run refreshes the liveness key.
+	// It must be well under TTL. Zero value means TTL/3.
+	Heartbeat time.Duration
+	// Logger. Zero value means slog.Default().
+	Logger *slog.Logger
+}
+
+// releaseTimeout bounds the Redis round trip of a release, which runs
+// when a stream ends, often because its request context is done.
+const releaseTimeout = 2 * time.Second
+
+// Limiter caps the streams of each user across every hub instance that
+// shares a Redis (PROTOCOL §5). See docs/deployment.md for the design.
+//
+// Per user, the hash <prefix>conns:<user> maps instance id -> streams
+// that instance holds. Each instance keeps <prefix>instance:<id> alive
+// with Run's heartbeat; a count whose instance key has expired belongs to
+// a dead instance and is dropped by the next Acquire for that user, so a
+// crash frees its slots within TTL. The instance also keeps its counts
+// in memory and writes them again whenever its heartbeat finds its key
+// gone (Redis restarted or was unreachable for longer than TTL), or a
+// release or acquire may have left Redis wrong.
+//
+// The Lua script reads instance keys it is not given as KEYS, so the
+// limiter needs a standalone (or Sentinel) Redis, not a Cluster.
+type Limiter struct {
+	rdb         redis.UniversalClient
+	cfg         LimiterConfig
+	log         *slog.Logger
+	instanceKey string
+
+	// assert is held shared by each Acquire and release for its whole
+	// round trip, and exclusively while the counts are re-asserted, so a
+	// re-assert never overwrites a count change that is in flight.
+	assert sync.RWMutex
+
+	registered bool // the liveness key was written once; guarded by assert
+
+	mu    sync.Mutex          // guards local and dirty
+	local map[string]int      // this instance's open streams per user
+	dirty map[string]struct{} // users whose count in Redis may be wrong
+}
+
+var _ hub.ConnLimiter = (*Limiter)(nil)
+
+// NewLimiter counts streams in rdb. Run must be running while the limiter
+// is used: without its heartbeat, other instances take this one for dead
+// and drop its counts.
+func NewLimiter(rdb redis.UniversalClient, cfg LimiterConfig) *Limiter {
+	if cfg.Max <= 0 {
+		cfg.Max = 5
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = DefaultKeyPrefix
+	}
+	if cfg.InstanceID == "" {
+		cfg.InstanceID = newInstanceID()
+	}
+	if cfg.TTL <= 0 {
+		cfg.TTL = 15 * time.Second
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = cfg.TTL / 3
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Limiter{
+		rdb:         rdb,
+		cfg:         cfg,
+		log:         cfg.Logger,
+		instanceKey: cfg.Prefix + "instance:" + cfg.InstanceID,
+		local:       map[string]int{},
+		dirty:       map[string]struct{}{},
+	}
+}
+
+func newInstanceID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "topohub"
+	}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return host + "-" + hex.EncodeToString(b)
+}
+
+// InstanceID returns the name of this instance in Redis.
+func (l *Limiter) InstanceID() string { return l.cfg.InstanceID }
+
+// ConnsKey is the hash of user's streams per instance.
+func (l *Limiter) ConnsKey(user string) string { return l.cfg.Prefix + "conns:" + user }
+
+// InstanceKey is this instance's liveness key.
+func (l *Limiter) InstanceKey() string { return l.instanceKey }
+
+// acquireScript sums the user's live counts, dropping those of dead
+// instances, and takes a slot unless the sum has reached the cap.
+// KEYS[1] the user's hash; ARGV max, this instance's id, the prefix of
+// instance keys. Returns the new sum, or minus the sum when refused.
+var acquireScript = redis.NewScript(`
+local fields = redis.call('HGETALL', KEYS[1])
+local total = 0
+for i = 1, #fields, 2 do
+	local id = fields[i]
+	if id == ARGV[2] or redis.call('EXISTS', ARGV[3] .. id) == 1 then
+		total = total + tonumber(fields[i + 1])
+	else
+		redis.call('HDEL', KEYS[1], id)
+	end
+end
+if total >= tonumber(ARGV[1]) then
+	return -total
+end
+redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+return total + 1
+`)
+
+// releaseScript gives back one slot. KEYS[1] the user's hash; ARGV[1]
+// this instance's id.
+var releaseScript = redis.NewScript(`
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then
+	redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+`)
+
+// Acquire takes a slot for user, failing with hub.ErrTooManyConnections
+// when the user holds Max streams across the deployment. Any other error
+// is Redis failing. The release it returns may be called more than once;
+// only the first call counts.
+func (l *Limiter) Acquire(ctx context.Context, user string) (func(), error) {
+	l.assert.RLock()
+	defer l.assert.RUnlock()
+	n, err := acquireScript.Run(ctx, l.rdb, []string{l.ConnsKey(user)}, l.cfg.Max, l.cfg.InstanceID, l.cfg.Prefix+"instance:").Int64()
+	if err != nil {
+		// The script may have run and only its answer been lost: the next
+		// heartbeat writes the count this instance really holds.
+		l.markDirty(user)
+		return nil, fmt.Errorf("acquire a connection slot: %w", err)
+	}
+	if n < 0 {
+		return nil, fmt.Errorf("user holds %d streams across the deployment: %w", -n, hub.ErrTooManyConnections)
+	}
+	l.mu.Lock()
+	l.local[user]++
+	l.mu.Unlock()
+	var once sync.Once
+	return func() { once.Do(func() { l.release(user) }) }, nil
+}
+
+func (l *Limiter) release(user string) {
+	l.assert.RLock()
+	defer l.assert.RUnlock()
+	l.mu.Lock()
+	if l.local[user]--; l.local[user] <= 0 {
+		delete(l.local, user)
+	}
+	l.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	if err := releaseScript.Run(ctx, l.rdb, []string{l.ConnsKey(user)}, l.cfg.InstanceID).Err(); err != nil {
+		l.markDirty(user)
+		l.log.Warn("connection slot release failed; the next heartbeat repairs the count", "err", err)
+	}
+}
+
+func (l *Limiter) markDirty(user string) {
+	l.mu.Lock()
+	l.dirty[user] = struct{}{}
+	l.mu.Unlock()
+}
+
+// Open returns how many streams this instance holds for user.
+func (l *Limiter) Open(user string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.local[user]
+}
+
+// Run keeps this instance alive in Redis until ctx ends: at once, then
+// every Heartbeat. It does not delete the instance key when it returns:
+// the streams still open release their slots themselves, and if the
+// process dies instead, the key expires within TTL.
+func (l *Limiter) Run(ctx context.Context) {
+	tick := time.NewTicker(l.cfg.Heartbeat)
+	defer tick.Stop()
+	failing := false
+	for {
+		err := l.beat(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
+			failing = true
+			l.log.Warn("connection limiter heartbeat failed; retrying", "instance", l.cfg.InstanceID, "err", err)
+		case err == nil && failing:
+			failing = false
+			l.log.Info("connection limiter heartbeat recovered", "instance", l.cfg.InstanceID)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// beat refreshes the liveness key and, when it was gone or a count may be
+// wrong, writes this instance's counts again.
+func (l *Limiter) beat(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.Heartbeat)
+	defer cancel()
+	alive, err := l.rdb.PExpire(ctx, l.instanceKey, l.cfg.TTL).Result()
+	if err != nil {
+		return fmt.Errorf("refresh %s: %w", l.instanceKey, err)
+	}
+	l.mu.Lock()
+	dirty := len(l.dirty) > 0
+	l.mu.Unlock()
+	if alive && !dirty {
+		return nil
+	}
+	return l.reassert(ctx, !alive)
+}
+
+// reassert writes the counts of the dirty users, or of every user when
+// all is set, and (re)creates the liveness key, in one transaction.
+func (l *Limiter) reassert(ctx context.Context, all bool) error {
+	l.assert.Lock()
+	defer l.assert.Unlock()
+	l.mu.Lock()
+	counts := make(map[string]int, len(l.dirty))
+	for u := range l.dirty {
+		counts[u] = l.local[u]
+	}
+	if all {
+		for u, n := range l.local {
+			counts[u] = n
+		}
+	}
+	dirty := l.dirty
+	l.dirty = map[string]struct{}{}
+	l.mu.Unlock()
+
+	_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, l.instanceKey, 1, l.cfg.TTL)
+		for u, n := range counts {
+			if n > 0 {
+				p.HSet(ctx, l.ConnsKey(u), l.cfg.InstanceID, n)
+			} else {
+				p.HDel(ctx, l.ConnsKey(u), l.cfg.InstanceID)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		l.mu.Lock()
+		for u := range dirty {
+			l.dirty[u] = struct{}{}
+		}
+		l.mu.Unlock()
+		return fmt.Errorf("re-assert connection counts: %w", err)
+	}
+	switch {
+	case all && !l.registered:
+		l.registered = true
+		l.log.Info("connection limiter registered", "instance", l.cfg.InstanceID)
+	case all:
+		l.log.Warn("connection limiter liveness key was gone (Redis restarted or unreachable for longer than TTL); counts written again",
+			"instance", l.cfg.InstanceID, "users", len(counts))
+	}
+	return nil
+}

@@ -1,0 +1,77 @@
+package busredis
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
+
+	"topohub/internal/redistest"
+)
+
+// pkgRedis is the redis-server shared by this package's tests; each test
+// uses its own key prefix.
+var pkgRedis *redistest.Server
+
+func TestMain(m *testing.M) {
+	s, err := redistest.StartMain()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	pkgRedis = s
+	code := m.Run()
+	s.Stop()
+	if code == 0 {
+		if err := findLeaks(5 * time.Second); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// findLeaks is goleak.Find, retried until d has passed. After many failed
+// dials (the tests that kill Redis), a go-redis pool probes in a goroutine
+// that sleeps a second between attempts and only sees the pool closed
+// when it wakes; goleak's own retries give up sooner than that.
+func findLeaks(d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := goleak.Find()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval
+	}
+}
+
+// testPrefix is a key prefix no other test uses.
+func testPrefix() string { return redistest.UniqueID("bt") + ":" }
+
+// deadRedis is a client of an address nothing listens on: every command
+// fails at once, as when Redis is down.
+func deadRedis(t testing.TB) *redis.Client {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: time.Second, DialerRetries: 1})
+	t.Cleanup(func() { rdb.Close() })
+	return rdb
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(5 * time.Millisecond) // poll interval
+	}
+}
+
+// quietLog keeps the components' logs out of test output.
+var quietLog = slog.New(slog.DiscardHandler)
