@@ -59,9 +59,10 @@ func unauthorized(format string, args ...any) *AuthError {
 
 // Authenticator verifies JWTs and redeems tickets.
 type Authenticator struct {
-	cfg     AuthConfig
-	parser  *jwt.Parser
-	tickets TicketStore
+	cfg         AuthConfig
+	parser      *jwt.Parser
+	tickets     TicketStore
+	revocations hub.RevocationList // nil: no revocation checks
 }
 
 // TicketStore is hub.TicketStore; busredis.Tickets implements it.
@@ -156,26 +157,68 @@ func tokenProblem(err error) string {
 // Authenticate reads the request's credential: an Authorization Bearer
 // header, a ?ticket=, or (only when enabled) a ?token=.
 func (a *Authenticator) Authenticate(c *gin.Context) (Principal, error) {
+	ctx := c.Request.Context()
 	if h := c.GetHeader("Authorization"); h != "" {
-		scheme, tok, ok := strings.Cut(h, " ")
-		if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
-			return Principal{}, unauthorized("authorization header must be \"Bearer <token>\"")
+		tok, err := bearerToken(h)
+		if err != nil {
+			return Principal{}, err
 		}
-		return a.VerifyToken(strings.TrimSpace(tok))
+		return a.verifyUnrevoked(ctx, tok)
 	}
 	if t := c.Query("ticket"); t != "" {
-		return a.RedeemTicket(c.Request.Context(), t)
+		return a.RedeemTicket(ctx, t)
 	}
 	if t := c.Query("token"); t != "" {
 		if !a.cfg.AllowQueryToken {
 			return Principal{}, unauthorized("tokens in the query string are refused; mint a ticket with POST /auth/sse-ticket")
 		}
-		return a.VerifyToken(t)
+		return a.verifyUnrevoked(ctx, t)
 	}
 	return Principal{}, unauthorized("missing credentials: send Authorization: Bearer <token> or ?ticket=")
 }
 
-// RedeemTicket consumes a ticket and re-checks the session it carries.
+// bearerToken reads the token of an Authorization header.
+func bearerToken(header string) (string, error) {
+	scheme, tok, ok := strings.Cut(header, " ")
+	tok = strings.TrimSpace(tok)
+	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+		return "", unauthorized("authorization header must be \"Bearer <token>\"")
+	}
+	return tok, nil
+}
+
+// verifyUnrevoked is VerifyToken then CheckRevoked.
+func (a *Authenticator) verifyUnrevoked(ctx context.Context, raw string) (Principal, error) {
+	p, err := a.VerifyToken(raw)
+	if err != nil {
+		return Principal{}, err
+	}
+	if err := a.CheckRevoked(ctx, p); err != nil {
+		return Principal{}, err
+	}
+	return p, nil
+}
+
+// CheckRevoked refuses (401) a principal whose token id is on the
+// revocation list. VerifyToken does not consult the list; every other
+// method of the Authenticator that accepts a credential does. An error
+// that is not an *AuthError is the list failing.
+func (a *Authenticator) CheckRevoked(ctx context.Context, p Principal) error {
+	if a.revocations == nil || p.JTI == "" {
+		return nil
+	}
+	revoked, err := a.revocations.Revoked(ctx, p.JTI)
+	if err != nil {
+		return fmt.Errorf("revocation check: %w", err)
+	}
+	if revoked {
+		return unauthorized("token revoked")
+	}
+	return nil
+}
+
+// RedeemTicket consumes a ticket and re-checks the session it carries:
+// its exp, its role and the revocation of the token it was minted from.
 func (a *Authenticator) RedeemTicket(ctx context.Context, ticket string) (Principal, error) {
 	if a.tickets == nil {
 		return Principal{}, unauthorized("tickets are not enabled")
@@ -191,6 +234,9 @@ func (a *Authenticator) RedeemTicket(ctx context.Context, ticket string) (Princi
 		return Principal{}, unauthorized("the session this ticket was minted from has expired")
 	}
 	if err := a.checkRole(p); err != nil {
+		return Principal{}, err
+	}
+	if err := a.CheckRevoked(ctx, p); err != nil {
 		return Principal{}, err
 	}
 	return p, nil

@@ -74,6 +74,10 @@ func (s *Server) handleSSE(c *gin.Context) {
 	client := s.hub.NewClient(p.User)
 	defer client.Close()
 	client.SetTokenID(p.JTI)
+	if s.draining.Load() {
+		// Drain ran between admit and NewClient and did not see us.
+		return
+	}
 	since := c.GetHeader("Last-Event-ID")
 	if since == "" {
 		since = c.Query("lastEventId")

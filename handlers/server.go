@@ -9,6 +9,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
 
 	"topohub/hub"
 )
@@ -23,14 +24,53 @@ type Config struct {
 	// Tickets mints and redeems tickets. Zero value means tickets are
 	// refused.
 	Tickets TicketStore
+	// TicketRate is how many tickets one user may mint per second,
+	// sustained; over it POST /auth/sse-ticket answers 429. Zero value
+	// means 1 per second.
+	TicketRate rate.Limit
+	// TicketBurst is how many tickets one user may mint at once. Zero
+	// value means 10.
+	TicketBurst int
+	// Revocations lists revoked token ids (jti): such a token, or a ticket
+	// minted from it, is refused with 401, and WatchRevocations ends the
+	// connections it opened. Zero value means no revocation checks.
+	Revocations hub.RevocationList
 	// Limiter caps streams per user. Zero value means a LocalLimiter of 5.
 	Limiter hub.ConnLimiter
 	// Keepalive is the interval of SSE keepalive comments and WebSocket
 	// pings. Zero value means 15s.
 	Keepalive time.Duration
-	// WriteTimeout bounds one write to a client; a client that does not
-	// take its bytes within it is dropped. Zero value means 10s.
+	// WriteTimeout bounds one write to a client, and the wait for the pong
+	// of a WebSocket ping; a client that does not take its bytes or answer
+	// within it is dropped. Zero value means 10s.
 	WriteTimeout time.Duration
+	// AllowedOrigins lists the browser origins allowed to open the
+	// WebSocket besides the request's own host. An entry with "://"
+	// ("https://dash.example.com") is matched against the Origin's
+	// scheme://host, one without against its host; both may use
+	// path.Match wildcards ("*.example.com"), case-insensitively. A
+	// request without an Origin header (not a browser) is always allowed.
+	// Zero value means only same-host origins.
+	AllowedOrigins []string
+	// ControlRate limits the control messages one WebSocket may send per
+	// second; over it a message is answered rate_limited and ignored.
+	// Zero value means 20 per second; rate.Inf disables the limit.
+	ControlRate rate.Limit
+	// ControlBurst is the burst of ControlRate. Zero value means 40.
+	ControlBurst int
+	// MaxControlViolations is how many rate_limited replies one WebSocket
+	// may earn within 10 s; one more closes it with ClosePolicy (1008).
+	// Zero value means 50.
+	MaxControlViolations int
+	// MaxMessageBytes caps one server WebSocket message: frames popped
+	// together are joined by newlines up to it, and a frame larger than
+	// it goes alone. Zero value means 32 KiB, the default read limit of
+	// common WebSocket client libraries.
+	MaxMessageBytes int
+	// DisableWebSocket leaves the WebSocket route out, so browsers fall
+	// back to the SSE route (an operator's escape hatch, and how the
+	// fallback is tested). Zero value means the WebSocket is served.
+	DisableWebSocket bool
 	// Ready reports whether the bus subscription is up, for /readyz.
 	// Zero value means always ready.
 	Ready func() bool
@@ -43,8 +83,10 @@ type Server struct {
 	cfg      Config
 	hub      *hub.Hub
 	auth     *Authenticator
+	minting  *userRates // per-user rate of ticket minting
 	engine   *gin.Engine
 	log      *slog.Logger
+	origins  []originPattern
 	draining atomic.Bool
 }
 
@@ -63,6 +105,28 @@ func New(h *hub.Hub, cfg Config) (*Server, error) {
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 10 * time.Second
 	}
+	if cfg.ControlRate == 0 {
+		cfg.ControlRate = 20
+	}
+	if cfg.ControlBurst <= 0 {
+		cfg.ControlBurst = 40
+	}
+	if cfg.MaxControlViolations <= 0 {
+		cfg.MaxControlViolations = 50
+	}
+	if cfg.MaxMessageBytes <= 0 {
+		cfg.MaxMessageBytes = 32 << 10
+	}
+	origins, err := compileOrigins(cfg.AllowedOrigins)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.TicketRate == 0 {
+		cfg.TicketRate = 1
+	}
+	if cfg.TicketBurst <= 0 {
+		cfg.TicketBurst = 10
+	}
 	if cfg.Ready == nil {
 		cfg.Ready = func() bool { return true }
 	}
@@ -73,7 +137,9 @@ func New(h *hub.Hub, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, hub: h, auth: auth, log: cfg.Logger}
+	auth.revocations = cfg.Revocations
+	s := &Server{cfg: cfg, hub: h, auth: auth, log: cfg.Logger, origins: origins}
+	s.minting = newUserRates(cfg.TicketRate, cfg.TicketBurst, maxMintingUsers)
 
 	gin.SetMode(gin.ReleaseMode)
 	e := gin.New()
@@ -84,6 +150,11 @@ func New(h *hub.Hub, cfg Config) (*Server, error) {
 	e.GET("/metrics", gin.WrapH(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})))
 	api := e.Group(cfg.BasePath)
 	api.GET("/topologies/:id/events", s.handleSSE)
+	api.POST("/auth/sse-ticket", s.handleTicket)
+	if !cfg.DisableWebSocket {
+		api.GET("/ws", s.handleWebSocket)
+	}
+	serveWeb(e)
 	s.engine = e
 	return s, nil
 }

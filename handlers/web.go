@@ -1,0 +1,25 @@
+package handlers
+
+import (
+	"net/http"
+
+	"github.com/gin-gonic/gin"
+
+	"topohub/web"
+)
+
+// serveWeb serves the browser client library and the demo console from
+// the embedded files: / (the console), /topohub.js, /app.js, /style.css.
+func serveWeb(e *gin.Engine) {
+	files := http.FileServerFS(web.Files)
+	serve := func(c *gin.Context) {
+		// The console is code: revalidate it so an upgraded hub is
+		// picked up at once.
+		c.Header("Cache-Control", "no-cache")
+		files.ServeHTTP(c.Writer, c.Request)
+	}
+	for _, p := range []string{"/", "/index.html", "/topohub.js", "/app.js", "/style.css"} {
+		e.GET(p, serve)
+		e.HEAD(p, serve)
+	}
+}
