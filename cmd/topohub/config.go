@@ -30,6 +30,10 @@ type config struct {
 	MaxSubs         int
 	Families        string
 	LogFormat       string
+	TicketRate      float64
+	TicketBurst     int
+	RevokedSet      string
+	DisableWS       bool
 }
 
 type envFlag struct {
@@ -71,6 +75,16 @@ func flagDefs(c *config) []envFlag {
 			return nil
 		}
 	}
+	float := func(p *float64) func(string) error {
+		return func(v string) error {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f <= 0 {
+				return fmt.Errorf("want a positive number, got %q", v)
+			}
+			*p = f
+			return nil
+		}
+	}
 	boolean := func(p *bool) func(string) error {
 		return func(v string) error {
 			b, err := strconv.ParseBool(v)
@@ -99,6 +113,10 @@ func flagDefs(c *config) []envFlag {
 		{"queue-size", "TOPOHUB_QUEUE_SIZE", "256", "queued events per client and topology before a resync", num(&c.QueueSize)},
 		{"max-subscriptions", "TOPOHUB_MAX_SUBSCRIPTIONS", "100", "topologies per WebSocket connection", num(&c.MaxSubs)},
 		{"families", "TOPOHUB_FAMILIES", "topology=segment,decky=payload:topology_id", "topic families and their routing", str(&c.Families)},
+		{"ticket-rate", "TOPOHUB_TICKET_RATE", "1", "tickets one user may mint per second, sustained", float(&c.TicketRate)},
+		{"ticket-burst", "TOPOHUB_TICKET_BURST", "10", "tickets one user may mint at once", num(&c.TicketBurst)},
+		{"revoked-set", "TOPOHUB_REVOKED_SET", "", "Redis set of revoked token ids (jti); empty: no revocation checks", str(&c.RevokedSet)},
+		{"disable-websocket", "TOPOHUB_DISABLE_WEBSOCKET", "false", "serve only the legacy SSE route (clients fall back to it)", boolean(&c.DisableWS)},
 		{"log-format", "TOPOHUB_LOG_FORMAT", "text", "log format: text or json", str(&c.LogFormat)},
 	}
 }

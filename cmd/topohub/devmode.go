@@ -84,6 +84,7 @@ Redis-compatible broker runs at %[1]s (data lives in memory only).
 A topology "demo" exists. Set TOPOHUB_REDIS_URL to use a real Redis.
 
 hub:     %[2]s
+console: %[2]s/#token=%[4]s
 publish: redis-cli -p %[3]s publish topology.demo.status '{"state":"degraded"}'
 token:   %[4]s
          (role %[5]s, valid %[6]s)

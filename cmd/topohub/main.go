@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
 
 	"topohub/busredis"
 	"topohub/handlers"
@@ -81,6 +82,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	sub := busredis.NewSubscriber(ropts, h, busredis.SubscriberConfig{Families: families, Logger: log})
+	limiter := busredis.NewLimiter(rdb, busredis.LimiterConfig{Max: cfg.MaxConnsPerUser, Prefix: cfg.KeyPrefix, Logger: log})
+	var revocations hub.RevocationList
+	if cfg.RevokedSet != "" {
+		revocations = busredis.NewRevocations(rdb, cfg.RevokedSet)
+	}
 
 	srv, err := handlers.New(h, handlers.Config{
 		BasePath: cfg.BasePath,
@@ -93,10 +99,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			Roles:           cfg.StreamRoles,
 			AllowQueryToken: cfg.AllowQueryToken,
 		},
-		Limiter:   hub.NewLocalLimiter(cfg.MaxConnsPerUser),
-		Keepalive: cfg.Keepalive,
-		Ready:     sub.Ready,
-		Logger:    log,
+		Tickets:          busredis.NewTickets(rdb, cfg.KeyPrefix, 0),
+		TicketRate:       rate.Limit(cfg.TicketRate),
+		TicketBurst:      cfg.TicketBurst,
+		Revocations:      revocations,
+		Limiter:          limiter,
+		Keepalive:        cfg.Keepalive,
+		AllowedOrigins:   cfg.AllowedOrigins,
+		DisableWebSocket: cfg.DisableWS,
+		Ready:            sub.Ready,
+		Logger:           log,
 	})
 	if err != nil {
 		return err
@@ -114,6 +126,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	var bg sync.WaitGroup
 	bg.Go(func() { sub.Run(bgCtx) })
 	bg.Go(func() { h.Run(bgCtx, 0) })
+	bg.Go(func() { limiter.Run(bgCtx) })
+	bg.Go(func() { srv.WatchRevocations(bgCtx, 0) })
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- httpSrv.Serve(ln) }()
