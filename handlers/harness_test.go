@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -61,6 +62,7 @@ type testHub struct {
 	srv    *Server
 	http   *httptest.Server
 	prefix string
+	stop   func() // ends the hub (idempotent); runs at cleanup too
 }
 
 type hubOption func(*hubSetup)
@@ -70,11 +72,21 @@ type hubSetup struct {
 	hubCfg  hub.Config
 	cfg     Config
 	wrapSrc func(hub.SnapshotSource) hub.SnapshotSource
+	prefix  string // key prefix; zero value: a unique one
+	addr    string // listen address; zero value: a free port
 }
 
 func withRedis(s *redistest.Server) hubOption     { return func(h *hubSetup) { h.redis = s } }
 func withConfig(f func(*Config)) hubOption        { return func(h *hubSetup) { f(&h.cfg) } }
 func withHubConfig(f func(*hub.Config)) hubOption { return func(h *hubSetup) { f(&h.hubCfg) } }
+
+// withPrefix shares a key prefix (and so topologies and tickets) with
+// another test hub, e.g. the one this hub restarts.
+func withPrefix(p string) hubOption { return func(h *hubSetup) { h.prefix = p } }
+
+// withAddr listens on addr, e.g. the address of a hub being restarted.
+func withAddr(addr string) hubOption { return func(h *hubSetup) { h.addr = addr } }
+
 func withSnapshotWrapper(f func(hub.SnapshotSource) hub.SnapshotSource) hubOption {
 	return func(h *hubSetup) { h.wrapSrc = f }
 }
@@ -88,7 +100,10 @@ func newTestHub(t *testing.T, opts ...hubOption) *testHub {
 	for _, o := range opts {
 		o(&setup)
 	}
-	th := &testHub{t: t, redis: setup.redis, prefix: redistest.UniqueID("t") + ":"}
+	if setup.prefix == "" {
+		setup.prefix = redistest.UniqueID("t") + ":"
+	}
+	th := &testHub{t: t, redis: setup.redis, prefix: setup.prefix}
 	th.rdb = setup.redis.Client(t)
 	th.snaps = busredis.NewSnapshots(th.rdb, th.prefix)
 	var src hub.SnapshotSource = th.snaps
@@ -111,13 +126,33 @@ func newTestHub(t *testing.T, opts ...hubOption) *testHub {
 		t.Fatal(err)
 	}
 	th.srv = srv
-	th.http = httptest.NewServer(srv.Handler())
-	t.Cleanup(func() {
-		srv.Drain()
-		th.http.Close()
-		cancel()
-		wg.Wait()
-	})
+	th.http = httptest.NewUnstartedServer(srv.Handler())
+	if setup.addr != "" {
+		th.http.Listener.Close()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			l, err := net.Listen("tcp", setup.addr)
+			if err == nil {
+				th.http.Listener = l
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("listen %s: %v", setup.addr, err)
+			}
+			time.Sleep(20 * time.Millisecond) // poll: the old listener's port is being released
+		}
+	}
+	th.http.Start()
+	var once sync.Once
+	th.stop = func() {
+		once.Do(func() {
+			srv.Drain()
+			th.http.Close()
+			cancel()
+			wg.Wait()
+		})
+	}
+	t.Cleanup(th.stop)
 	waitFor(t, 10*time.Second, "bus subscription", th.sub.Ready)
 	return th
 }
