@@ -104,6 +104,24 @@ func TestRevokedStreamEnds(t *testing.T) {
 	}
 }
 
+func TestRevokedWebSocketClosed4001(t *testing.T) {
+	revs := newTestRevocations(t)
+	th := newTestHub(t, withRevocations(revs))
+	th.watchRevocations(20 * time.Millisecond)
+	id := th.newTopology()
+	revoked := th.openWS(bearer(th.token(claim("jti", "ws-a"))))
+	kept := th.openWS(bearer(th.token(claim("jti", "ws-b"))))
+	for _, ws := range []*wsClient{revoked, kept} {
+		ws.subscribe("1", id)
+	}
+	if err := revs.Revoke(context.Background(), "ws-a"); err != nil {
+		t.Fatal(err)
+	}
+	revoked.expectClose(CloseCredentials, 10*time.Second)
+	th.publish("topology."+id+".status", `{"state":"still here"}`)
+	kept.expect("event", "status")
+}
+
 func TestWatchRevocationsWithoutListReturns(t *testing.T) {
 	th := newTestHub(t)
 	done := make(chan struct{})
