@@ -132,6 +132,11 @@ func panelStatusIs(topology, status string) string {
 	return fmt.Sprintf(`(document.querySelector('.panel[data-topology=%q] .status') || {}).textContent === %q`, topology, status)
 }
 
+// inFlightIs compares a panel's in-flight list, as "id:state,...".
+func inFlightIs(topology, want string) string {
+	return fmt.Sprintf(`[...document.querySelectorAll('.panel[data-topology=%q] .in-flight li[data-mutation]')].map(li => li.dataset.mutation + ":" + li.querySelector(".state").dataset.state).join(",") === %q`, topology, want)
+}
+
 func consoleURL(th *testHub, token string, topologies []string, extra url.Values) string {
 	q := url.Values{}
 	for _, id := range topologies {
@@ -152,6 +157,7 @@ func TestBrowserConsoleOverOneWebSocket(t *testing.T) {
 
 	p.waitJS("the WebSocket badge", badgeIs("websocket"))
 	p.waitJS("snapshot of A", panelLogHas(a, "snapshot", "1 in flight"))
+	p.waitJS("A's in-flight list", inFlightIs(a, "m1:pending"))
 	p.waitJS("snapshot of B", panelLogHas(b, "snapshot", "0 in flight"))
 	if got := p.eval(`document.querySelector("#transport").textContent`); got != "WebSocket" {
 		t.Errorf("badge reads %q", got)
@@ -166,6 +172,16 @@ func TestBrowserConsoleOverOneWebSocket(t *testing.T) {
 	p.waitJS("A's status event", panelLogHas(a, "status", "only-for-a"))
 	p.waitJS("A's status pill", panelStatusIs(a, "degraded"))
 	p.waitJS("B's decky event", panelLogHas(b, "decky.service_added", "ssh"))
+
+	// The in-flight list follows mutation events between snapshots.
+	th.publish("topology."+b+".mutation.enqueued", `{"type":"enqueued","payload":{"mutation_id":"m9","op":"remove_decky","payload":{}}}`)
+	p.waitJS("m9 pending in B", inFlightIs(b, "m9:pending"))
+	th.publish("topology."+b+".mutation.applying", `{"type":"applying","payload":{"mutation_id":"m9","op":"remove_decky","payload":"{}"}}`)
+	p.waitJS("m9 applying in B", inFlightIs(b, "m9:applying"))
+	th.publish("topology."+a+".mutation.applied", `{"type":"applied","payload":{"mutation_id":"m1","op":"add_decky"}}`)
+	th.publish("topology."+b+".mutation.failed", `{"type":"failed","payload":{"mutation_id":"m9","op":"remove_decky","reason":"MutationError: boom"}}`)
+	p.waitJS("A's list empty", inFlightIs(a, ""))
+	p.waitJS("B's list empty", inFlightIs(b, ""))
 	if leaked := p.eval(`String(document.querySelector('.panel[data-topology="` + b + `"]').textContent.includes("only-for-a"))`); leaked != "false" {
 		t.Error("A's event shown in B's panel")
 	}

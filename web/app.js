@@ -92,6 +92,32 @@ function setCursor(panel, id) {
   if (id) $(".cursor", panel).textContent = id;
 }
 
+// In-flight mutations per panel: set from each snapshot, then kept live
+// from mutation.* events (enqueued adds, applying moves, applied/failed
+// removes), as the legacy editor's pending buffer did.
+const inFlight = new WeakMap();
+
+function setInFlight(panel, rows) {
+  const m = new Map();
+  for (const row of rows || []) if (row && row.id != null) m.set(String(row.id), row);
+  inFlight.set(panel, m);
+  renderInFlight(panel, [...m.values()]);
+}
+
+function trackMutation(panel, name, data) {
+  const p = data?.payload;
+  if (!p || p.mutation_id == null) return;
+  const m = inFlight.get(panel) || new Map();
+  const id = String(p.mutation_id);
+  if (name === "mutation.enqueued") m.set(id, { id, op: p.op, state: "pending" });
+  else if (name === "mutation.applying") m.set(id, { ...(m.get(id) || { id, op: p.op }), state: "applying" });
+  else if (name === "mutation.applied" || name === "mutation.failed") m.delete(id);
+  else return;
+  inFlight.set(panel, m);
+  const order = { pending: 0, applying: 1 };
+  renderInFlight(panel, [...m.values()].sort((a, b) => (order[a.state] ?? 2) - (order[b.state] ?? 2)));
+}
+
 function renderInFlight(panel, rows) {
   const ul = $(".in-flight", panel);
   ul.replaceChildren();
@@ -139,18 +165,19 @@ function follow(id, panel = panelFor(id) || addPanel(id)) {
   hub.subscribe(id, {
     snapshot(data, cursor) {
       setStatus(panel, data.status);
-      renderInFlight(panel, data.in_flight);
+      setInFlight(panel, data.in_flight);
       setCursor(panel, cursor);
       log(panel, "snapshot", cursor, `status ${data.status}, ${data.in_flight?.length ?? 0} in flight`);
     },
     resync(data, cursor) {
       setStatus(panel, data.status);
-      renderInFlight(panel, data.in_flight);
+      setInFlight(panel, data.in_flight);
       setCursor(panel, cursor);
       log(panel, "resync", cursor, `caught up after a gap: status ${data.status}, ${data.in_flight?.length ?? 0} in flight`);
     },
     event(name, data, cursor) {
       if (name === "status" && data?.payload?.state) setStatus(panel, data.payload.state);
+      trackMutation(panel, name, data);
       setCursor(panel, cursor);
       log(panel, name, cursor, summarize(data));
     },

@@ -107,6 +107,14 @@ func TestDevModeBinary(t *testing.T) {
 	if !strings.Contains(printed["stream"], "curl -N") || strings.Contains(printed["stream"], "?token=") {
 		t.Errorf("stream line %q", printed["stream"])
 	}
+	if want := hubURL + "/#token=" + token; printed["console"] != want {
+		t.Errorf("console line %q, want %q (the token in the fragment, never the query)", printed["console"], want)
+	}
+	if resp, err := http.Get(hubURL + "/"); err != nil || resp.StatusCode != 200 || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
+		t.Errorf("console page: %v %v", err, resp)
+	} else {
+		resp.Body.Close()
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
