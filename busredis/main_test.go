@@ -1,14 +1,12 @@
 package busredis
 
 import (
-	"fmt"
 	"log/slog"
 	"os"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/goleak"
 
 	"topohub/internal/redistest"
 )
@@ -17,38 +15,7 @@ import (
 // uses its own key prefix.
 var pkgRedis *redistest.Server
 
-func TestMain(m *testing.M) {
-	s, err := redistest.StartMain()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	pkgRedis = s
-	code := m.Run()
-	s.Stop()
-	if code == 0 {
-		if err := findLeaks(5 * time.Second); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// findLeaks is goleak.Find, retried until d has passed. After many failed
-// dials (the tests that kill Redis), a go-redis pool probes in a goroutine
-// that sleeps a second between attempts and only sees the pool closed
-// when it wakes; goleak's own retries give up sooner than that.
-func findLeaks(d time.Duration) error {
-	deadline := time.Now().Add(d)
-	for {
-		err := goleak.Find()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(100 * time.Millisecond) // poll interval
-	}
-}
+func TestMain(m *testing.M) { os.Exit(redistest.RunMain(m, &pkgRedis)) }
 
 // testPrefix is a key prefix no other test uses.
 func testPrefix() string { return redistest.UniqueID("bt") + ":" }

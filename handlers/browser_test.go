@@ -234,7 +234,11 @@ func TestBrowserLegacyEventSource(t *testing.T) {
 	th := newTestHub(t, withTickets(newTestTickets(t, 0)))
 	id := th.newTopology()
 	p := newPage(t)
-	p.navigate(th.http.URL + "/healthz") // any page of the hub's origin
+	// Any HTML page of the hub's origin will do (a JSON one would be
+	// replaced by Chromium's JSON viewer, taking the script's context
+	// with it): the console, which without a token opens nothing.
+	p.navigate(th.http.URL + "/")
+	p.waitJS("the idle console", `document.readyState === "complete" && document.querySelector("#notice").textContent.includes("Paste a token")`)
 	// The legacy client, as LEGACY.md describes it: a ticket, then a plain
 	// EventSource with its listener set.
 	script := `

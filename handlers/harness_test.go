@@ -3,7 +3,6 @@ package handlers
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -17,7 +16,6 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/redis/go-redis/v9"
-	"go.uber.org/goleak"
 
 	"topohub/busredis"
 	"topohub/hub"
@@ -28,23 +26,7 @@ import (
 // uses its own key prefix and topology ids.
 var pkgRedis *redistest.Server
 
-func TestMain(m *testing.M) {
-	s, err := redistest.StartMain()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	pkgRedis = s
-	code := m.Run()
-	s.Stop()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(redistest.RunMain(m, &pkgRedis)) }
 
 // quietLog keeps request logs out of test output.
 var quietLog = slog.New(slog.DiscardHandler)

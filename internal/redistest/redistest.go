@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.uber.org/goleak"
 )
 
 // EnvURL names an existing Redis to use instead of starting one.
@@ -61,6 +62,40 @@ func StartDurable(tb testing.TB) *Server {
 
 // StartMain is Start for TestMain: the caller stops the server.
 func StartMain() (*Server, error) { return start(false) }
+
+// RunMain is a test package's TestMain: it starts the package's server
+// into *srv, runs the tests, stops the server and, when the tests passed,
+// fails the run on leaked goroutines. Use: os.Exit(redistest.RunMain(m, &pkgRedis)).
+//
+// The leak check is retried for up to 5 s: after failed dials (tests that
+// kill Redis) a go-redis pool probes in a goroutine that sleeps a second
+// between attempts and only sees its pool closed when it wakes, later
+// than goleak's own retries wait.
+func RunMain(m *testing.M, srv **Server) int {
+	s, err := start(false)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "redistest:", err)
+		return 1
+	}
+	*srv = s
+	code := m.Run()
+	s.Stop()
+	if code != 0 {
+		return code
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := goleak.Find()
+		if err == nil {
+			return 0
+		}
+		if time.Now().After(deadline) {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			return 1
+		}
+		time.Sleep(100 * time.Millisecond) // poll interval
+	}
+}
 
 func start(durable bool) (*Server, error) {
 	if u := os.Getenv(EnvURL); u != "" {
