@@ -32,6 +32,11 @@ type Config struct {
 	// HistoryAge is how long an event is kept for resume. Zero value means
 	// 5 minutes.
 	HistoryAge time.Duration
+	// HistoryBytes bounds the data bytes of one topology's history (its
+	// cached SSE and WebSocket frames take about as much again, twice);
+	// the oldest events go first, the newest always stays. Zero value
+	// means 8 MiB.
+	HistoryBytes int
 	// MaxBodySize is the largest bus message accepted. Zero value means 1 MiB.
 	MaxBodySize int
 	// Logger receives structured logs. Zero value means slog.Default().
@@ -93,6 +98,9 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.HistorySize <= 0 {
 		cfg.HistorySize = 512
 	}
+	if cfg.HistoryBytes <= 0 {
+		cfg.HistoryBytes = 8 << 20
+	}
 	if cfg.HistoryAge <= 0 {
 		cfg.HistoryAge = 5 * time.Minute
 	}
@@ -151,7 +159,7 @@ func (h *Hub) topicFor(id string, create bool) *topology {
 	defer sh.mu.Unlock()
 	t := sh.topics[id]
 	if t == nil && create {
-		t = newTopology(id, h.seq.Load(), h.cfg.HistorySize)
+		t = newTopology(id, h.seq.Load(), h.cfg.HistorySize, h.cfg.HistoryBytes)
 		sh.topics[id] = t
 	}
 	return t

@@ -21,39 +21,46 @@ type topology struct {
 	// in hist. A cursor below floor cannot be replayed.
 	floor uint64
 	hist  ring
+	// histBytes is the data size of the events in hist; maxBytes bounds it.
+	histBytes, maxBytes int
 }
 
-func newTopology(id string, seq uint64, historySize int) *topology {
-	return &topology{id: id, last: seq, floor: seq, hist: ring{buf: make([]*Event, 0, min(historySize, 16)), max: historySize}}
+func newTopology(id string, seq uint64, historySize, historyBytes int) *topology {
+	return &topology{id: id, last: seq, floor: seq, hist: ring{max: historySize}, maxBytes: historyBytes}
 }
 
-// record appends ev to the history. Lock should be held.
+// record appends ev to the history, dropping the oldest events beyond the
+// count or byte bound (the newest is always kept). Lock should be held.
 func (t *topology) record(ev *Event) {
 	if old := t.hist.push(ev); old != nil {
-		t.floor = old.Seq
+		t.forget(old)
+	}
+	t.histBytes += len(ev.Data)
+	for t.histBytes > t.maxBytes && t.hist.len() > 1 {
+		t.forget(t.hist.popOldest())
 	}
 	t.last = ev.Seq
+}
+
+// forget accounts for an event that left the history. Lock should be held.
+func (t *topology) forget(ev *Event) {
+	t.floor = ev.Seq
+	t.histBytes -= len(ev.Data)
 }
 
 // cut forgets the history after a bus gap: nothing before gap can be
 // replayed. Lock should be held.
 func (t *topology) cut(gap uint64) {
 	t.hist.clear()
+	t.histBytes = 0
 	t.floor = gap
 	t.last = gap
 }
 
 // expire drops events received before cutoff. Lock should be held.
 func (t *topology) expire(cutoff time.Time) {
-	n := 0
-	t.hist.each(func(ev *Event) {
-		if ev.received.Before(cutoff) {
-			n++
-			t.floor = ev.Seq
-		}
-	})
-	if n > 0 {
-		t.hist.dropOldest(n)
+	for ev := t.hist.oldest(); ev != nil && ev.received.Before(cutoff); ev = t.hist.oldest() {
+		t.forget(t.hist.popOldest())
 	}
 }
 
@@ -94,46 +101,64 @@ func (t *topology) removeSub(s *subscription) {
 	}
 }
 
-// ring is a bounded FIFO of events that grows on demand up to max.
+// ring is a bounded FIFO of events: a circular buffer that grows on
+// demand (doubling) up to max, so a quiet topology holds little.
 type ring struct {
-	buf   []*Event
-	start int // index of the oldest event once buf is full
-	max   int
+	buf     []*Event // len(buf) is the current capacity
+	head, n int
+	max     int
 }
 
-func (r *ring) len() int { return len(r.buf) }
+func (r *ring) len() int { return r.n }
 
 // push appends ev and returns the event it pushed out, if any.
 func (r *ring) push(ev *Event) (evicted *Event) {
-	if len(r.buf) < r.max {
-		r.buf = append(r.buf, ev)
-		return nil
+	if r.n == len(r.buf) {
+		if len(r.buf) < r.max {
+			r.grow()
+		} else {
+			evicted = r.popOldest()
+		}
 	}
-	evicted = r.buf[r.start]
-	r.buf[r.start] = ev
-	r.start = (r.start + 1) % len(r.buf)
+	r.buf[(r.head+r.n)%len(r.buf)] = ev
+	r.n++
 	return evicted
 }
 
-// dropOldest removes the k oldest events. Expiry is rare and off the hot
-// path, so the ring is simply rebuilt in order.
-func (r *ring) dropOldest(k int) {
-	n := len(r.buf)
-	out := make([]*Event, 0, max(n-k, 0))
-	for i := k; i < n; i++ {
-		out = append(out, r.buf[(r.start+i)%n])
+func (r *ring) grow() {
+	buf := make([]*Event, min(max(4, 2*len(r.buf)), r.max))
+	for i := range r.n {
+		buf[i] = r.buf[(r.head+i)%len(r.buf)]
 	}
-	r.buf, r.start = out, 0
+	r.buf, r.head = buf, 0
+}
+
+func (r *ring) oldest() *Event {
+	if r.n == 0 {
+		return nil
+	}
+	return r.buf[r.head]
+}
+
+// popOldest removes and returns the oldest event, or nil.
+func (r *ring) popOldest() *Event {
+	if r.n == 0 {
+		return nil
+	}
+	ev := r.buf[r.head]
+	r.buf[r.head] = nil
+	r.head = (r.head + 1) % len(r.buf)
+	r.n--
+	return ev
 }
 
 func (r *ring) clear() {
 	clear(r.buf)
-	r.buf, r.start = r.buf[:0], 0
+	r.head, r.n = 0, 0
 }
 
 func (r *ring) each(fn func(*Event)) {
-	n := len(r.buf)
-	for i := 0; i < n; i++ {
-		fn(r.buf[(r.start+i)%n])
+	for i := range r.n {
+		fn(r.buf[(r.head+i)%len(r.buf)])
 	}
 }
