@@ -65,11 +65,12 @@ type Client struct {
 
 	tokenID atomic.Pointer[string]
 
-	mu     sync.Mutex
-	closed bool
-	subs   map[string]*subscription
-	queue  []item
-	spare  []item
+	mu       sync.Mutex
+	closed   bool
+	subs     map[string]*subscription
+	queue    []item
+	spare    []item
+	rawBytes int // bytes of the transport messages in queue
 }
 
 // subscription is one client's interest in one topology. Guarded by the
@@ -215,9 +216,7 @@ func (c *Client) subscribeLocked(t *topology, id, since string, ack []byte) erro
 		return ErrClientClosed
 	}
 	if _, ok := c.subs[id]; ok {
-		if ack != nil {
-			c.queue = append(c.queue, item{raw: ack})
-		}
+		c.queueRawLocked(ack)
 		return nil
 	}
 	h := c.hub
@@ -227,9 +226,7 @@ func (c *Client) subscribeLocked(t *topology, id, since string, ack []byte) erro
 	s := &subscription{client: c, topo: t, active: true}
 	t.addSub(s)
 	c.subs[id] = s
-	if ack != nil {
-		c.queue = append(c.queue, item{raw: ack})
-	}
+	c.queueRawLocked(ack)
 	if since == "" {
 		c.queueMarkerLocked(s, t.last, false)
 		return nil
@@ -300,9 +297,25 @@ func (c *Client) Send(raw []byte) {
 		c.mu.Unlock()
 		return
 	}
-	c.queue = append(c.queue, item{raw: raw})
+	c.queueRawLocked(raw)
 	c.mu.Unlock()
 	c.signal()
+}
+
+// queueRawLocked queues a transport message. Replies are not bounded by
+// QueueSize, so their bytes are: a client that keeps asking while it does
+// not read is ended with DisconnectPolicy rather than growing without
+// limit. Lock should be held.
+func (c *Client) queueRawLocked(raw []byte) {
+	if raw == nil {
+		return
+	}
+	if c.rawBytes+len(raw) > c.hub.cfg.MaxReplyBytes {
+		c.Disconnect(DisconnectPolicy)
+		return
+	}
+	c.rawBytes += len(raw)
+	c.queue = append(c.queue, item{raw: raw})
 }
 
 // enqueue queues ev for s; on overflow of s's share of the queue the
@@ -387,6 +400,7 @@ func (c *Client) Pop(ctx context.Context, out []Item) ([]Item, error) {
 	c.queue = c.spare[:0]
 	c.spare = nil
 	for _, it := range batch {
+		c.rawBytes -= len(it.raw)
 		if it.ev != nil {
 			it.sub.queued--
 		}
@@ -398,7 +412,11 @@ func (c *Client) Pop(ctx context.Context, out []Item) ([]Item, error) {
 
 	var failed error
 	var stalled map[*subscription]*marker // snapshots that could not be read
+	var gone map[*subscription]bool       // subscriptions ended: topology not found
 	for _, it := range batch {
+		if gone[it.sub] {
+			continue
+		}
 		if mk := stalled[it.sub]; mk != nil {
 			// After a snapshot that could not be read, the topology's
 			// events are folded into it: it will reflect them.
@@ -419,6 +437,10 @@ func (c *Client) Pop(ctx context.Context, out []Item) ([]Item, error) {
 				out = append(out, Item{Event: ev})
 			case errors.Is(err, ErrNotFound):
 				c.endSubscription(it.sub)
+				if gone == nil {
+					gone = map[*subscription]bool{}
+				}
+				gone[it.sub] = true
 				out = append(out, Item{Topology: it.sub.topo.id, Err: ErrNotFound})
 			default:
 				failed = fmt.Errorf("%w: %s: %v", ErrSnapshotUnavailable, it.sub.topo.id, err)
@@ -460,6 +482,9 @@ func (c *Client) requeueSnapshots(stalled map[*subscription]*marker) {
 			// A resync queued meanwhile already stands before every
 			// event of s that is still queued.
 			s.marker.seq = max(s.marker.seq, mk.seq)
+			if !mk.resync {
+				s.marker.resync = false // still the first snapshot
+			}
 			continue
 		}
 		s.marker = mk

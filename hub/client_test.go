@@ -346,6 +346,64 @@ func TestSnapshotNotFoundEndsSubscription(t *testing.T) {
 	}
 }
 
+func TestEventsAfterNotFoundAreDropped(t *testing.T) {
+	f := newFixture(t, nil)
+	f.snaps.Set("gone", "active")
+	c := f.h.NewClient("a")
+	defer c.Close()
+	_ = c.Subscribe("gone", "", nil)
+	f.snaps.Delete("gone")
+	f.publish(t, "gone", 1) // queued behind the snapshot in the same batch
+	items := pop(t, c)
+	if got := describe(items); got != "err:gone" {
+		t.Fatalf("got %s: events followed the end of the subscription", got)
+	}
+}
+
+func TestFirstSnapshotStaysPlainAcrossOutageAndGap(t *testing.T) {
+	f := newFixture(t, nil)
+	c := f.h.NewClient("a")
+	defer c.Close()
+	f.snaps.SetErr(errors.New("redis down"))
+	_ = c.Subscribe("T", "", nil)
+	<-c.Ready()
+	if _, err := c.Pop(context.Background(), nil); !errors.Is(err, ErrSnapshotUnavailable) {
+		t.Fatalf("err = %v", err)
+	}
+	f.h.BusGap() // queues a resync while the first snapshot waits
+	f.snaps.SetErr(nil)
+	expect(t, pop(t, c), "T:snapshot")
+}
+
+func TestRepliesBounded(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.MaxReplyBytes = 1000 })
+	c := f.h.NewClient("a")
+	defer c.Close()
+	reply := []byte(strings.Repeat("r", 100))
+	for range 10 {
+		c.Send(reply)
+	}
+	if c.Reason() != DisconnectNone {
+		t.Fatal("disconnected within the bound")
+	}
+	pop(t, c) // the writer catches up: the budget is back
+	for range 10 {
+		c.Send(reply)
+	}
+	if c.Reason() != DisconnectNone {
+		t.Fatal("popped replies still counted")
+	}
+	c.Send(reply)
+	select {
+	case <-c.Done():
+	default:
+		t.Fatal("a client piling up replies was not ended")
+	}
+	if c.Reason() != DisconnectPolicy {
+		t.Fatalf("reason %s", c.Reason())
+	}
+}
+
 func TestSnapshotOutageKeepsOrder(t *testing.T) {
 	f := newFixture(t, nil)
 	c := f.h.NewClient("a")

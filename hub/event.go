@@ -179,6 +179,12 @@ func (d *Decoder) Decode(channel string, body []byte, now time.Time) (*Event, er
 	}
 
 	trimmed := bytes.TrimLeft(body, " \t\r\n")
+	if !utf8.Valid(body) {
+		// encoding/json would pass invalid bytes through, and a browser
+		// fails a WebSocket on a text message that is not UTF-8: every
+		// subscriber of the topology would be knocked off on each replay.
+		return nil, drop(DropNotJSON, channel, "body is not valid UTF-8")
+	}
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		if json.Valid(body) {
 			return nil, drop(DropNotObject, channel, "body is not a JSON object")

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 var testNow = time.Unix(1764300000, 500000000)
@@ -125,6 +126,8 @@ func TestDecodeRejects(t *testing.T) {
 		{"topology.T.status", `{"type":5,"payload":{}}`, DropBadField},
 		{"topology.T.status", `{"ts":"yesterday","payload":{}}`, DropBadField},
 		{"topology.T.status", `{"payload":{}} trailing`, DropNotJSON},
+		{"topology.T.status", "{\"payload\":{\"s\":\"\xff\"}}", DropNotJSON},
+		{"topology.T.status", "{\"type\":\"\xc3\",\"payload\":{}}", DropNotJSON},
 		{"topology..status", `{}`, DropBadChannel},
 		{"topology.a b.status", `{}`, DropBadChannel},
 		{"topology.*.status", `{}`, DropBadChannel},
@@ -190,6 +193,9 @@ func FuzzDecode(f *testing.F) {
 		}
 		if !json.Valid(ev.Data) {
 			t.Fatalf("data is not JSON: %q", ev.Data)
+		}
+		if !utf8.Valid(ev.Data) {
+			t.Fatalf("data is not UTF-8: %q", ev.Data)
 		}
 		if bytes.ContainsAny(ev.Data, "\r\n") {
 			t.Fatalf("data spans lines: %q", ev.Data)

@@ -37,6 +37,10 @@ type Config struct {
 	// the oldest events go first, the newest always stays. Zero value
 	// means 8 MiB.
 	HistoryBytes int
+	// MaxReplyBytes bounds the transport messages (acks, pongs, errors)
+	// queued for one client and not yet written; a client over it is ended
+	// with DisconnectPolicy. Zero value means 256 KiB.
+	MaxReplyBytes int
 	// MaxBodySize is the largest bus message accepted. Zero value means 1 MiB.
 	MaxBodySize int
 	// Logger receives structured logs. Zero value means slog.Default().
@@ -97,6 +101,9 @@ func New(cfg Config) (*Hub, error) {
 	}
 	if cfg.HistorySize <= 0 {
 		cfg.HistorySize = 512
+	}
+	if cfg.MaxReplyBytes <= 0 {
+		cfg.MaxReplyBytes = 256 << 10
 	}
 	if cfg.HistoryBytes <= 0 {
 		cfg.HistoryBytes = 8 << 20

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"time"
+	"unicode/utf8"
 )
 
 // ErrNotFound is returned by a SnapshotSource for a topology that does not
@@ -34,7 +35,7 @@ type Snapshot struct {
 
 // EncodeSnapshot renders the snapshot's data per PROTOCOL §3:
 // {"topology_id","status","in_flight"} plus "resync":true after a gap.
-// Rows that are not JSON objects are left out.
+// Rows that are not JSON objects (or not valid UTF-8) are left out.
 func EncodeSnapshot(s Snapshot, resync bool) []byte {
 	b := make([]byte, 0, 64+len(s.TopologyID)+len(s.Status))
 	b = append(b, `{"topology_id":`...)
@@ -50,6 +51,10 @@ func EncodeSnapshot(s Snapshot, resync bool) []byte {
 			buf.WriteByte(',')
 		}
 		start := buf.Len()
+		if !utf8.Valid(row) {
+			buf.Truncate(mark)
+			continue
+		}
 		if err := json.Compact(buf, row); err != nil || buf.Len() == start || buf.Bytes()[start] != '{' {
 			buf.Truncate(mark)
 			continue

@@ -37,6 +37,7 @@ func TestEncodeSnapshot(t *testing.T) {
 	s := Snapshot{TopologyID: "T", Status: "active", InFlight: []json.RawMessage{
 		json.RawMessage("{ \"id\": \"m1\",\n \"state\": \"pending\" }"),
 		json.RawMessage(`[1]`),
+		json.RawMessage("{\"id\":\"\xff\"}"),
 		json.RawMessage(`{"id":"m2"}`),
 	}}
 	want := `{"topology_id":"T","status":"active","in_flight":[{"id":"m1","state":"pending"},{"id":"m2"}]}`
