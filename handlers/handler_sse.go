@@ -49,7 +49,7 @@ func (s *Server) admit(c *gin.Context, topology string) (p Principal, release fu
 			return p, nil, false
 		}
 	}
-	release, err = s.cfg.Limiter.Acquire(c.Request.Context(), p.User)
+	slot, err := s.cfg.Limiter.Acquire(c.Request.Context(), p.User)
 	if err != nil {
 		if errors.Is(err, hub.ErrTooManyConnections) {
 			abortJSON(c, http.StatusTooManyRequests, "too many open streams for this user")
@@ -59,7 +59,8 @@ func (s *Server) admit(c *gin.Context, topology string) (p Principal, release fu
 		}
 		return p, nil, false
 	}
-	return p, release, true
+	s.streams.add()
+	return p, func() { slot(); s.streams.done() }, true
 }
 
 // handleSSE serves GET <base>/topologies/:id/events (PROTOCOL §7).
@@ -113,6 +114,8 @@ func (s *Server) handleSSE(c *gin.Context) {
 	defer keepalive.Stop()
 	expiry := sessionTimer(p.Expires)
 	defer expiry.Stop()
+	ready := client.Ready()
+	var retry <-chan time.Time
 	var items []hub.Item
 	for {
 		select {
@@ -126,7 +129,9 @@ func (s *Server) handleSSE(c *gin.Context) {
 			if !write(sseKeepalive) {
 				return
 			}
-		case <-client.Ready():
+		case <-retry:
+			retry, ready = nil, client.Ready()
+		case <-ready:
 			var err error
 			items, err = client.Pop(ctx, items[:0])
 			frames := make([][]byte, 0, len(items))
@@ -145,12 +150,10 @@ func (s *Server) handleSSE(c *gin.Context) {
 				return
 			}
 			if err != nil {
+				// Pop has queued the snapshot again: wait before reading
+				// it again, still answering keepalives and the end.
 				s.log.Warn("snapshot read failed; retrying", "topology", id, "err", err)
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(snapshotRetry):
-				}
+				ready, retry = nil, time.After(snapshotRetry)
 			}
 		}
 	}

@@ -246,7 +246,9 @@ func TestSSEEventBetweenSubscribeAndSnapshotIsDelivered(t *testing.T) {
 	if snap.event != "snapshot" || ev.event != "mutation.enqueued" {
 		t.Fatalf("got %q then %q", snap.event, ev.event)
 	}
-	if snap.id >= ev.id {
+	_, snapSeq, ok1 := hub.ParseCursor(snap.id)
+	_, evSeq, ok2 := hub.ParseCursor(ev.id)
+	if !ok1 || !ok2 || snapSeq >= evSeq {
 		t.Errorf("snapshot cursor %s not before event cursor %s", snap.id, ev.id)
 	}
 }

@@ -436,11 +436,20 @@ func (ws *wsConn) handle(ctx context.Context, msg []byte) {
 	}
 }
 
+// callContext bounds a Redis call made by the read loop to half the pong
+// wait: pongs are only read while the loop reads, so a stalled Redis must
+// not make a healthy client look dead.
+func (ws *wsConn) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, ws.s.cfg.WriteTimeout/2)
+}
+
 // subscribe checks existence before registering (the snapshot would tell
 // too, but only asynchronously and without the request id), then queues
 // the ack ahead of the topology's snapshot or replayed events.
 func (ws *wsConn) subscribe(ctx context.Context, f controlFrame) {
-	exists, err := ws.s.hub.Snapshots().Exists(ctx, f.Topology)
+	cctx, cancel := ws.callContext(ctx)
+	exists, err := ws.s.hub.Snapshots().Exists(cctx, f.Topology)
+	cancel()
 	if err != nil {
 		if ctx.Err() == nil {
 			ws.s.log.Error("existence check failed", "topology", f.Topology, "err", err)
@@ -467,11 +476,13 @@ func (ws *wsConn) subscribe(ctx context.Context, f controlFrame) {
 func (ws *wsConn) refresh(ctx context.Context, f controlFrame) {
 	var p Principal
 	var err error
+	cctx, cancel := ws.callContext(ctx)
 	if f.Ticket != "" {
-		p, err = ws.s.auth.RedeemTicket(ctx, f.Ticket)
+		p, err = ws.s.auth.RedeemTicket(cctx, f.Ticket)
 	} else if p, err = ws.s.auth.VerifyToken(f.Token); err == nil {
-		err = ws.s.auth.CheckRevoked(ctx, p)
+		err = ws.s.auth.CheckRevoked(cctx, p)
 	}
+	cancel()
 	if err != nil {
 		var ae *AuthError
 		switch {

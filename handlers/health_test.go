@@ -6,8 +6,10 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"sync/atomic"
 	"time"
 
+	"topohub/hub"
 	"topohub/internal/redistest"
 )
 
@@ -49,14 +51,46 @@ func TestSSEKeepalive(t *testing.T) {
 	}
 }
 
+// countingLimiter is a LocalLimiter that tells how many slots are held.
+type countingLimiter struct {
+	*hub.LocalLimiter
+	held atomic.Int64
+}
+
+func (l *countingLimiter) Acquire(ctx context.Context, user string) (func(), error) {
+	rel, err := l.LocalLimiter.Acquire(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	l.held.Add(1)
+	return func() { rel(); l.held.Add(-1) }, nil
+}
+
 func TestDrainEndsStreamsAndRefusesNew(t *testing.T) {
-	th := newTestHub(t)
+	lim := &countingLimiter{LocalLimiter: hub.NewLocalLimiter(5)}
+	th := newTestHub(t, withConfig(func(c *Config) { c.Limiter = lim }))
 	id := th.newTopology()
 	s := th.openSSE(th.sseURL(id), bearer(th.token()))
 	s.nextEvent()
+	ws := th.openWS(bearer(th.token()))
+	ws.subscribe("1", id)
 	th.srv.Drain()
+	ws.expectClose(CloseGoingAway, 10*time.Second) // and answers the close handshake
 	if !s.ended(10 * time.Second) {
 		t.Fatal("stream still open after Drain")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Wait covers the WebSocket handler too, which http.Server.Shutdown
+	// would not wait for: when it returns, every slot is released.
+	if err := th.srv.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := lim.held.Load(); n != 0 {
+		t.Fatalf("%d cap slots still held after Wait", n)
+	}
+	if n := th.hub.Clients(); n != 0 {
+		t.Fatalf("%d hub clients after Wait", n)
 	}
 	resp := th.get(context.Background(), th.sseURL(id), bearer(th.token()))
 	body, _ := io.ReadAll(resp.Body)

@@ -1,9 +1,12 @@
 package handlers
 
 import (
+	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -88,6 +91,7 @@ type Server struct {
 	log      *slog.Logger
 	origins  []originPattern
 	draining atomic.Bool
+	streams  streamSet // open SSE and WebSocket handlers
 }
 
 // New builds the routes over h.
@@ -168,6 +172,64 @@ func (s *Server) Handler() http.Handler { return s.engine }
 func (s *Server) Drain() {
 	s.draining.Store(true)
 	s.hub.Shutdown(hub.DisconnectShutdown)
+}
+
+// Wait returns when every stream handler has returned, and so released
+// its slot of the per-user cap, or when ctx ends. http.Server.Shutdown
+// does not wait for WebSocket handlers (their connections are hijacked):
+// call Wait after it, so a rolling restart does not leave slots counted
+// until the instance's liveness key expires.
+func (s *Server) Wait(ctx context.Context) error {
+	return s.streams.wait(ctx)
+}
+
+// streamSet counts open stream handlers. A WaitGroup would do but for its
+// rule that Add may not race a Wait on a zero counter, which a stream
+// admitted just as Drain runs would break.
+type streamSet struct {
+	mu   sync.Mutex
+	n    int
+	idle chan struct{} // closed when n drops to zero; nil when nobody waits
+}
+
+func (ss *streamSet) add() {
+	ss.mu.Lock()
+	ss.n++
+	ss.mu.Unlock()
+}
+
+func (ss *streamSet) done() {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.n--; ss.n == 0 && ss.idle != nil {
+		close(ss.idle)
+		ss.idle = nil
+	}
+}
+
+func (ss *streamSet) wait(ctx context.Context) error {
+	ss.mu.Lock()
+	if ss.n == 0 {
+		ss.mu.Unlock()
+		return nil
+	}
+	if ss.idle == nil {
+		ss.idle = make(chan struct{})
+	}
+	idle := ss.idle
+	ss.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%d streams still open: %w", ss.count(), ctx.Err())
+	}
+}
+
+func (ss *streamSet) count() int {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.n
 }
 
 // accessLog logs one line per request: never the query string, which may
