@@ -121,7 +121,10 @@ func flagDefs(c *config) []envFlag {
 	}
 }
 
-func loadConfig(args []string, getenv func(string) string) (*config, error) {
+// loadConfig reads the defaults, then the environment (a variable set to
+// the empty string counts: TOPOHUB_JWT_ISSUER= turns the issuer check
+// off), then the flags.
+func loadConfig(args []string, lookupEnv func(string) (string, bool)) (*config, error) {
 	c := &config{}
 	defs := flagDefs(c)
 	fs := flag.NewFlagSet("topohub", flag.ContinueOnError)
@@ -133,7 +136,7 @@ func loadConfig(args []string, getenv func(string) string) (*config, error) {
 	}
 	for _, d := range defs {
 		v := d.def
-		if e := getenv(d.env); e != "" {
+		if e, ok := lookupEnv(d.env); ok {
 			v = e
 		}
 		if err := d.set(v); err != nil {

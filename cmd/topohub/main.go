@@ -27,7 +27,7 @@ import (
 )
 
 func main() {
-	if err := run(context.Background(), os.Args[1:], os.Getenv, os.Stdout, os.Stderr); err != nil {
+	if err := run(context.Background(), os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr); err != nil {
 		fmt.Fprintln(os.Stderr, "topohub:", err)
 		os.Exit(1)
 	}
@@ -36,8 +36,8 @@ func main() {
 // shutdownGrace bounds the whole shutdown after SIGINT/SIGTERM.
 const shutdownGrace = 5 * time.Second
 
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	cfg, err := loadConfig(args, getenv)
+func run(ctx context.Context, args []string, lookupEnv func(string) (string, bool), stdout, stderr io.Writer) error {
+	cfg, err := loadConfig(args, lookupEnv)
 	if err != nil {
 		return err
 	}
@@ -66,7 +66,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	ropts, err := redis.ParseURL(redisURL)
 	if err != nil {
-		return fmt.Errorf("TOPOHUB_REDIS_URL: %w", err)
+		// The parse error quotes the URL, and with it any password.
+		return errors.New("TOPOHUB_REDIS_URL is not a valid redis:// or rediss:// URL (redis://[user:password@]host:port/db)")
 	}
 	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
@@ -155,6 +156,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := httpSrv.Shutdown(shCtx); err != nil {
 		log.Warn("forcing connections closed", "err", err)
 		_ = httpSrv.Close()
+	}
+	// WebSocket handlers outlive Shutdown (hijacked connections); their
+	// cap slots are released when they return.
+	if err := srv.Wait(shCtx); err != nil {
+		log.Warn("streams still closing at exit", "err", err)
 	}
 	cancelBg()
 	bg.Wait()

@@ -16,7 +16,7 @@ import (
 
 func TestShortSecretRefused(t *testing.T) {
 	env := map[string]string{"TOPOHUB_REDIS_URL": "redis://127.0.0.1:1", "TOPOHUB_JWT_SECRET": "too-short"}
-	err := run(context.Background(), nil, func(k string) string { return env[k] }, io.Discard, io.Discard)
+	err := run(context.Background(), nil, lookup(env), io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "at least 32 bytes") {
 		t.Fatalf("err = %v, want a refusal naming the 32-byte minimum", err)
 	}
@@ -24,7 +24,7 @@ func TestShortSecretRefused(t *testing.T) {
 
 func TestConfigFromFlagsAndEnv(t *testing.T) {
 	env := map[string]string{"TOPOHUB_QUEUE_SIZE": "64", "TOPOHUB_STREAM_ROLES": "admin, ops", "TOPOHUB_KEEPALIVE": "3s"}
-	c, err := loadConfig([]string{"-queue-size", "32"}, func(k string) string { return env[k] })
+	c, err := loadConfig([]string{"-queue-size", "32"}, lookup(env))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,12 +32,7 @@ func TestConfigFromFlagsAndEnv(t *testing.T) {
 		t.Fatalf("config %+v", c)
 	}
 	for k, v := range map[string]string{"TOPOHUB_QUEUE_SIZE": "0", "TOPOHUB_KEEPALIVE": "soon", "TOPOHUB_ALLOW_QUERY_TOKEN": "maybe"} {
-		if _, err := loadConfig(nil, func(key string) string {
-			if key == k {
-				return v
-			}
-			return ""
-		}); err == nil || !strings.Contains(err.Error(), k) {
+		if _, err := loadConfig(nil, lookup(map[string]string{k: v})); err == nil || !strings.Contains(err.Error(), k) {
 			t.Errorf("%s=%s: err = %v, want one naming the variable", k, v, err)
 		}
 	}
@@ -173,6 +168,31 @@ func TestDevModeBinary(t *testing.T) {
 	}
 	if strings.Contains(stderr.String(), token) {
 		t.Error("the token appears in the logs")
+	}
+}
+
+func lookup(env map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := env[k]
+		return v, ok
+	}
+}
+
+func TestEmptyVariableTurnsACheckOff(t *testing.T) {
+	c, err := loadConfig(nil, lookup(map[string]string{"TOPOHUB_JWT_ISSUER": "", "TOPOHUB_JWT_AUDIENCE": ""}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.JWTIssuer != "" || c.JWTAudience != "" || c.JWTType != "access" {
+		t.Fatalf("issuer %q audience %q type %q", c.JWTIssuer, c.JWTAudience, c.JWTType)
+	}
+}
+
+func TestRedisURLErrorHidesPassword(t *testing.T) {
+	env := map[string]string{"TOPOHUB_REDIS_URL": "redis://user:s3cret@host:port/0", "TOPOHUB_JWT_SECRET": strings.Repeat("k", 32)}
+	err := run(context.Background(), nil, lookup(env), io.Discard, io.Discard)
+	if err == nil || strings.Contains(err.Error(), "s3cret") {
+		t.Fatalf("err = %v", err)
 	}
 }
 
