@@ -51,6 +51,13 @@
 
 export const SUBPROTOCOL = "topohub.v1";
 
+/** Subscribes sent at once on (re)connect, then per second: under the hub's control rate (burst 40, 20/s). */
+export const SUBSCRIBE_BURST = 20;
+export const SUBSCRIBE_RATE = 10;
+
+/** Error codes after which a subscribe is retried; any other ends the subscription. */
+const RETRYABLE = new Set(["rate_limited", "unavailable"]);
+
 /** Event names the legacy SSE route can send; EventSource needs each listener named. */
 export const SSE_EVENT_NAMES = [
   "snapshot", "error", "status",
@@ -172,6 +179,13 @@ export class TopohubConnection extends EventTarget {
     this.closedBeforeOpen = 0;
     this.nextId = 1;
     this.ws = null;
+    /** @type {Map<string, string>} subscribe request id -> topology, until acknowledged */
+    this.pending = new Map();
+    /** @type {string[]} topologies waiting for their subscribe to be sent */
+    this.toSend = [];
+    this.tokens = SUBSCRIBE_BURST;
+    this.refilledAt = 0;
+    this.flushTimer = null;
     this.timer = null;
     this.wsRetryTimer = null;
     this.sourceTimers = new Map();
@@ -188,7 +202,7 @@ export class TopohubConnection extends EventTarget {
     const known = this.subs.has(topologyId);
     this.subs.set(topologyId, handlers || {});
     if (!known) {
-      if (this.state === "open") this._sendSubscribe(topologyId);
+      if (this.state === "open") this._queueSubscribe(topologyId);
       else if (this.state === "fallback") this._openSource(topologyId);
     }
     return { unsubscribe: () => this.unsubscribe(topologyId) };
@@ -207,6 +221,7 @@ export class TopohubConnection extends EventTarget {
     this._setState("closed");
     clearTimeout(this.timer);
     clearTimeout(this.wsRetryTimer);
+    clearTimeout(this.flushTimer);
     for (const id of [...this.sources.keys()]) this._closeSource(id);
     if (this.ws) {
       const ws = this.ws;
@@ -251,6 +266,10 @@ export class TopohubConnection extends EventTarget {
       return;
     }
     if (this.state === "closed") return;
+    // Back from fallback: the EventSources hold cap slots the WebSocket
+    // may need. Their cursors are kept, so closing them loses nothing; a
+    // failed attempt reopens them.
+    for (const id of [...this.sources.keys()]) this._closeSource(id);
     let ws;
     try {
       ws = new this.opts.WebSocket(this._wsURL(ticket), SUBPROTOCOL);
@@ -268,7 +287,11 @@ export class TopohubConnection extends EventTarget {
       clearTimeout(this.wsRetryTimer);
       for (const id of [...this.sources.keys()]) this._closeSource(id);
       this._setState("open");
-      for (const id of this.subs.keys()) this._sendSubscribe(id);
+      this.pending.clear();
+      this.toSend = [];
+      this.tokens = SUBSCRIBE_BURST;
+      this.refilledAt = Date.now();
+      for (const id of this.subs.keys()) this._queueSubscribe(id);
     };
     ws.onmessage = (msg) => {
       if (this.ws !== ws) return;
@@ -302,11 +325,34 @@ export class TopohubConnection extends EventTarget {
     this.wsRetryTimer = setTimeout(() => this._openWebSocket(), this.opts.retryWebSocketAfter);
   }
 
-  _sendSubscribe(topologyId) {
-    const frame = { op: "subscribe", id: this._id(), topology: topologyId };
-    const since = this.cursors.get(topologyId);
-    if (since) frame.since = since;
-    this._send(frame);
+  _queueSubscribe(topologyId) {
+    if (!this.toSend.includes(topologyId)) this.toSend.push(topologyId);
+    this._flushSubscribes();
+  }
+
+  // Sends queued subscribes within a token bucket (SUBSCRIBE_BURST, then
+  // SUBSCRIBE_RATE per second), so a page following many topologies
+  // never trips the hub's control rate limit on reconnect.
+  _flushSubscribes() {
+    clearTimeout(this.flushTimer);
+    this.flushTimer = null;
+    if (this.state !== "open") return;
+    const now = Date.now();
+    this.tokens = Math.min(SUBSCRIBE_BURST, this.tokens + ((now - this.refilledAt) / 1000) * SUBSCRIBE_RATE);
+    this.refilledAt = now;
+    while (this.toSend.length > 0 && this.tokens >= 1) {
+      const topologyId = this.toSend.shift();
+      if (!this.subs.has(topologyId)) continue;
+      const frame = { op: "subscribe", id: this._id(), topology: topologyId };
+      const since = this.cursors.get(topologyId);
+      if (since) frame.since = since;
+      this.pending.set(frame.id, topologyId);
+      this._send(frame);
+      this.tokens--;
+    }
+    if (this.toSend.length > 0) {
+      this.flushTimer = setTimeout(() => this._flushSubscribes(), Math.ceil(1000 / SUBSCRIBE_RATE));
+    }
   }
 
   _send(frame) {
@@ -323,12 +369,22 @@ export class TopohubConnection extends EventTarget {
         dispatch(h, frame.event, frame.data, frame.id);
         return;
       }
+      case "subscribed":
+        this.pending.delete(String(frame.id));
+        return;
       case "error": {
-        if (frame.topology && (frame.code === "not_found" || frame.code === "invalid_topology" || frame.code === "forbidden")) {
-          const h = this.subs.get(frame.topology);
-          this.subs.delete(frame.topology);
-          this.cursors.forget(frame.topology);
-          if (h) dispatch(h, "error", { code: frame.code, message: frame.message }, "");
+        const requested = frame.id != null ? this.pending.get(String(frame.id)) : undefined;
+        if (requested !== undefined) {
+          // The answer to one of our subscribes.
+          this.pending.delete(String(frame.id));
+          if (RETRYABLE.has(frame.code)) {
+            setTimeout(() => { if (this.subs.has(requested)) this._queueSubscribe(requested); }, 1000);
+          } else {
+            this._endSubscription(requested, frame);
+          }
+        } else if (frame.topology && frame.id == null) {
+          // A subscribed topology the hub ended (deleted: not_found).
+          this._endSubscription(frame.topology, frame);
         }
         this.dispatchEvent(new CustomEvent("error", { detail: frame }));
         return;
@@ -337,6 +393,13 @@ export class TopohubConnection extends EventTarget {
         // subscribed, unsubscribed, pong, refreshed and ops this client
         // does not know are ignored.
     }
+  }
+
+  _endSubscription(topologyId, frame) {
+    const h = this.subs.get(topologyId);
+    this.subs.delete(topologyId);
+    this.cursors.forget(topologyId);
+    if (h) dispatch(h, "error", { code: frame.code, message: frame.message }, "");
   }
 
   _sourceURL(topologyId, ticket) {
