@@ -5,8 +5,8 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"testing"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	"topohub/hub"
