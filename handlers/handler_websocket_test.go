@@ -720,6 +720,16 @@ func TestWebSocketSlowClientDoesNotDelayFastOne(t *testing.T) {
 	if th.hub.Stats().Resyncs.Load() == resyncs {
 		t.Fatal("the stalled client's queue never overflowed into a resync")
 	}
+	// What the hub holds for the stalled client is bounded by the queue
+	// size: its queue (events of one subscription plus one snapshot); the
+	// batch its writer is stuck on was popped from a queue as bounded.
+	th.hub.ForEachClient(func(c *hub.Client) {
+		if c.User() == "slow" {
+			if n := c.Queued(); n > queueSize+1 {
+				t.Errorf("stalled client's queue holds %d entries, bound %d", n, queueSize+1)
+			}
+		}
+	})
 	t.Logf("fast client: %d events in %d messages", burst, fast.msgs)
 
 	// The stalled client reads again: what the socket buffered, then one

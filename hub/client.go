@@ -173,6 +173,15 @@ func (c *Client) signal() {
 	}
 }
 
+// Queued returns how many entries wait in the client's queue for its
+// writer: at most QueueSize events per subscription, plus a snapshot each
+// and pending replies.
+func (c *Client) Queued() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.queue)
+}
+
 // Subscriptions returns how many topologies the client is subscribed to.
 func (c *Client) Subscriptions() int {
 	c.mu.Lock()
