@@ -14,6 +14,7 @@ type hubCollector struct {
 	ready                                            func() bool
 	received, published, delivered, resyncs, busGaps *prometheus.Desc
 	dropped, clients, busUp                          *prometheus.Desc
+	snapReads, snapShared                            *prometheus.Desc
 }
 
 func newHubCollector(h *hub.Hub, ready func() bool) *hubCollector {
@@ -21,21 +22,23 @@ func newHubCollector(h *hub.Hub, ready func() bool) *hubCollector {
 		return prometheus.NewDesc("topohub_"+name, help, labels, nil)
 	}
 	return &hubCollector{
-		hub:       h,
-		ready:     ready,
-		received:  d("bus_messages_received_total", "Bus messages handed to the hub."),
-		published: d("events_published_total", "Bus events routed to a topology."),
-		delivered: d("event_deliveries_total", "Event deliveries queued to clients."),
-		resyncs:   d("resyncs_total", "Resync snapshots queued (queue overflow, bus gap or stale cursor)."),
-		busGaps:   d("bus_subscription_established_total", "Times the bus subscription was (re)established."),
-		dropped:   d("bus_messages_dropped_total", "Bus messages that reached no client, by reason.", "reason"),
-		clients:   d("clients", "Open client connections."),
-		busUp:     d("bus_subscription_up", "1 when every pattern subscription is established."),
+		hub:        h,
+		ready:      ready,
+		received:   d("bus_messages_received_total", "Bus messages handed to the hub."),
+		published:  d("events_published_total", "Bus events routed to a topology."),
+		delivered:  d("event_deliveries_total", "Event deliveries queued to clients."),
+		resyncs:    d("resyncs_total", "Resync snapshots queued (queue overflow, bus gap or stale cursor)."),
+		busGaps:    d("bus_subscription_established_total", "Times the bus subscription was (re)established."),
+		dropped:    d("bus_messages_dropped_total", "Bus messages that reached no client, by reason.", "reason"),
+		clients:    d("clients", "Open client connections."),
+		busUp:      d("bus_subscription_up", "1 when every pattern subscription is established."),
+		snapReads:  d("snapshot_reads_total", "Snapshot reads from the snapshot source."),
+		snapShared: d("snapshots_shared_total", "Snapshots served by joining a read already under way."),
 	}
 }
 
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.received, c.published, c.delivered, c.resyncs, c.busGaps, c.dropped, c.clients, c.busUp} {
+	for _, d := range []*prometheus.Desc{c.received, c.published, c.delivered, c.resyncs, c.busGaps, c.dropped, c.clients, c.busUp, c.snapReads, c.snapShared} {
 		ch <- d
 	}
 }
@@ -50,6 +53,8 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.delivered, s.Delivered.Load())
 	counter(c.resyncs, s.Resyncs.Load())
 	counter(c.busGaps, s.BusGaps.Load())
+	counter(c.snapReads, s.SnapshotReads.Load())
+	counter(c.snapShared, s.SnapshotsShared.Load())
 	for _, r := range hub.DropReasons() {
 		counter(c.dropped, s.Dropped[r].Load(), r.String())
 	}

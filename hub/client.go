@@ -504,7 +504,7 @@ func (c *Client) requeueSnapshots(stalled map[*subscription]*marker) {
 
 // snapshotEvent reads the topology's snapshot as an event for mk.
 func (h *Hub) snapshotEvent(ctx context.Context, id string, mk marker) (*Event, error) {
-	snap, err := h.cfg.Snapshots.Snapshot(ctx, id)
+	snap, err := h.snapshots.read(ctx, id, mk.seq)
 	if err != nil {
 		return nil, err
 	}

@@ -74,6 +74,8 @@ type Hub struct {
 	seed   maphash.Seed
 	shards [numShards]shard
 
+	snapshots snapshotReads
+
 	clientsMu sync.Mutex
 	clients   map[*Client]struct{}
 
@@ -127,6 +129,7 @@ func New(cfg Config) (*Hub, error) {
 		clients:  map[*Client]struct{}{},
 	}
 	h.epochStr = strconv.FormatInt(h.epoch, 10)
+	h.snapshots = snapshotReads{src: cfg.Snapshots, seq: &h.seq, stats: &h.stats, flights: map[string]*snapshotFlight{}}
 	for i := range h.shards {
 		h.shards[i].topics = map[string]*topology{}
 	}
@@ -324,5 +327,8 @@ type Stats struct {
 	Delivered atomic.Uint64 // event deliveries queued to clients
 	Resyncs   atomic.Uint64 // resync snapshots queued (overflow or gap)
 	BusGaps   atomic.Uint64 // bus subscription gaps
-	Dropped   [numDropReasons]atomic.Uint64
+
+	SnapshotReads   atomic.Uint64 // snapshot reads from the source
+	SnapshotsShared atomic.Uint64 // snapshots served by a read already under way
+	Dropped         [numDropReasons]atomic.Uint64
 }
