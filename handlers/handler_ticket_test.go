@@ -23,17 +23,7 @@ func (th *testHub) ticketURL() string { return th.http.URL + "/api/v1/auth/sse-t
 // stream that started is closed at once, its body unread.
 func (th *testHub) status(method, url string, header http.Header) (int, string) {
 	th.t.Helper()
-	req, err := http.NewRequest(method, url, nil)
-	if err != nil {
-		th.t.Fatal(err)
-	}
-	for k, v := range header {
-		req.Header[k] = v
-	}
-	resp, err := noKeepAlive.Do(req)
-	if err != nil {
-		th.t.Fatal(err)
-	}
+	resp := th.do(context.Background(), method, url, header)
 	defer resp.Body.Close()
 	if resp.Header.Get("Content-Type") == "text/event-stream" {
 		return resp.StatusCode, ""

@@ -224,7 +224,13 @@ func (th *testHub) sseURL(id string) string {
 // caller reads or closes it.
 func (th *testHub) get(ctx context.Context, url string, header http.Header) *http.Response {
 	th.t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	return th.do(ctx, http.MethodGet, url, header)
+}
+
+// do performs a request; the caller reads or closes the response.
+func (th *testHub) do(ctx context.Context, method, url string, header http.Header) *http.Response {
+	th.t.Helper()
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
 	if err != nil {
 		th.t.Fatal(err)
 	}
