@@ -38,6 +38,7 @@ const transportLabels = {
   fallback: ["sse", "SSE fallback"],
   connecting: ["connecting", "connecting…"],
   closed: ["none", "not connected"],
+  error: ["error", "stopped"],
 };
 
 function showState(state) {
@@ -57,7 +58,11 @@ function start() {
     initialBackoff: Number(params.get("initialBackoff")) || 500,
     maxBackoff: Number(params.get("maxBackoff")) || 10000,
     retryWebSocketAfter: Number(params.get("retryWebSocketAfter")) || 30000,
-    onState: showState,
+  });
+  // The one state report: a "state" event after each change.
+  hub.addEventListener("state", (e) => {
+    showState(e.detail.state);
+    if (e.detail.error) notice(`The hub ended the connection (${e.detail.error.code} ${e.detail.error.reason}); reconnect with Connect.`);
   });
   showState(hub.state);
   for (const panel of document.querySelectorAll(".panel")) follow(panel.dataset.topology, panel);
