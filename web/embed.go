@@ -1,11 +1,13 @@
-// Package web holds the browser client library (topohub.js) and the demo
-// console, embedded into the hub binary. It imports nothing of topohub.
+// Package web holds the browser client library (topohub.js, with its
+// React hook react.js) and the demo console, embedded into the hub
+// binary. It imports nothing of topohub.
 package web
 
 import "embed"
 
 // Files are the static files served at the hub's root: /, /topohub.js,
-// /app.js and /style.css.
+// /app.js and /style.css. react.js and the .d.ts files are embedded too,
+// for a route to serve them.
 //
-//go:embed index.html app.js style.css topohub.js
+//go:embed index.html app.js style.css topohub.js topohub.d.ts react.js react.d.ts
 var Files embed.FS

@@ -624,3 +624,13 @@ test("the connection keeps its state private", async () => {
   assert.throws(() => { hub.state = "open"; }, TypeError);
   hub.close();
 });
+
+test("every export of topohub.js and react.js is declared in its .d.ts", async () => {
+  for (const [js, dts] of [["./topohub.js", "topohub.d.ts"], ["./react.js", "react.d.ts"]]) {
+    const declared = new Set([...readFileSync(new URL(dts, import.meta.url), "utf8")
+      .matchAll(/^export (?:declare )?(?:const|function|class|interface|type) (\w+)/gm)].map((m) => m[1]));
+    for (const name of Object.keys(await import(js))) {
+      assert.ok(declared.has(name), `${js} exports ${name}, which ${dts} does not declare`);
+    }
+  }
+});
