@@ -34,6 +34,7 @@ type config struct {
 	TicketBurst     int
 	RevokedSet      string
 	DisableWS       bool
+	Demo            bool
 }
 
 type envFlag struct {
@@ -118,6 +119,7 @@ func flagDefs(c *config) []envFlag {
 		{"revoked-set", "TOPOHUB_REVOKED_SET", "", "Redis set of revoked token ids (jti); empty: no revocation checks", str(&c.RevokedSet)},
 		{"disable-websocket", "TOPOHUB_DISABLE_WEBSOCKET", "false", "serve only the legacy SSE route (clients fall back to it)", boolean(&c.DisableWS)},
 		{"log-format", "TOPOHUB_LOG_FORMAT", "text", "log format: text or json", str(&c.LogFormat)},
+		{"demo", "TOPOHUB_DEMO", "false", "development mode with simulated producers on demo, demo-east and demo-west (embedded broker only)", boolean(&c.Demo)},
 	}
 }
 
@@ -142,7 +144,11 @@ func loadConfig(args []string, lookupEnv func(string) (string, bool)) (*config, 
 		if err := d.set(v); err != nil {
 			return nil, fmt.Errorf("%s: %w", d.env, err)
 		}
-		fs.Func(d.name, d.usage, d.set)
+		if d.def == "false" || d.def == "true" {
+			fs.BoolFunc(d.name, d.usage, d.set) // -demo alone means -demo=true
+		} else {
+			fs.Func(d.name, d.usage, d.set)
+		}
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err

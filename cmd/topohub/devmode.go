@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"topohub/busredis"
+	"topohub/internal/sim"
 )
 
 // devTokenTTL is how long the printed development token lives.
@@ -22,7 +23,8 @@ const devTokenTTL = 12 * time.Hour
 // It is never used when TOPOHUB_REDIS_URL is set, nor in tests that need
 // Redis semantics (those run a real redis-server).
 type devBroker struct {
-	mr *miniredis.Miniredis
+	mr     *miniredis.Miniredis
+	unnote func() // forgets the broker's URL noted for topohub-sim
 }
 
 func startDevBroker(cfg *config) (*devBroker, error) {
@@ -45,12 +47,14 @@ func startDevBroker(cfg *config) (*devBroker, error) {
 		mr.Close()
 		return nil, fmt.Errorf("create demo topology: %w", err)
 	}
-	return &devBroker{mr: mr}, nil
+	d := &devBroker{mr: mr}
+	d.unnote, _ = sim.WriteDevBroker(d.URL()) // topohub-sim's default --redis
+	return d, nil
 }
 
 func (d *devBroker) URL() string { return "redis://" + d.mr.Addr() }
 
-func (d *devBroker) Close() { d.mr.Close() }
+func (d *devBroker) Close() { d.unnote(); d.mr.Close() }
 
 // Announce prints how to use the development hub.
 func (d *devBroker) Announce(w io.Writer, cfg *config, base string) error {
@@ -84,13 +88,13 @@ Redis-compatible broker runs at %[1]s (data lives in memory only).
 A topology "demo" exists. Set TOPOHUB_REDIS_URL to use a real Redis.
 
 hub:     %[2]s
-console: %[2]s/#token=%[4]s
+console: %[8]s
 publish: redis-cli -p %[3]s publish topology.demo.status '{"state":"degraded"}'
 token:   %[4]s
          (role %[5]s, valid %[6]s)
 stream:  curl -N -H "Authorization: Bearer %[4]s" %[2]s%[7]s/topologies/demo/events
-
-`, d.mr.Addr(), base, d.mr.Port(), tok, role, devTokenTTL, trimSlash(cfg.BasePath))
+%[9]s
+`, d.mr.Addr(), base, d.mr.Port(), tok, role, devTokenTTL, trimSlash(cfg.BasePath), consoleURL(cfg, base, tok), demoNote(cfg, base, tok))
 	return err
 }
 

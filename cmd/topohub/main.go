@@ -47,6 +47,9 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	}
 	log := slog.New(lh)
 
+	if err := checkDemo(cfg); err != nil {
+		return err
+	}
 	families, err := hub.ParseFamilies(cfg.Families)
 	if err != nil {
 		return fmt.Errorf("TOPOHUB_FAMILIES: %w", err)
@@ -129,6 +132,12 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	bg.Go(func() { h.Run(bgCtx, 0) })
 	bg.Go(func() { limiter.Run(bgCtx) })
 	bg.Go(func() { srv.WatchRevocations(bgCtx, 0) })
+	if err := startDemo(bgCtx, &bg, cfg, redisURL, log); err != nil {
+		_ = ln.Close()
+		cancelBg()
+		bg.Wait()
+		return err
+	}
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- httpSrv.Serve(ln) }()
