@@ -15,15 +15,12 @@ var (
 	sseNotFound  = []byte("event: error\ndata: {\"code\":\"not_found\",\"message\":\"topology not found\"}\n\n")
 )
 
-// snapshotRetry is how long a writer waits before reading a snapshot
-// again after the source failed.
-const snapshotRetry = time.Second
-
 // admit runs the checks every stream passes before it starts, in the
-// contract's order: authentication, then existence of the topology (so an
-// unauthenticated caller cannot probe ids), then the per-user cap. On
-// refusal it has answered and returns ok=false.
-func (s *Server) admit(c *gin.Context, topology string) (p Principal, release func(), ok bool) {
+// contract's order: authentication, then (for SSE) the subscription, whose
+// snapshot read tells whether the topology exists, so an unauthenticated
+// caller cannot probe ids, then the per-user cap. On refusal it has
+// answered and returns ok=false.
+func (s *Server) admit(c *gin.Context, subscribe func(Principal) bool) (p Principal, release func(), ok bool) {
 	if s.draining.Load() {
 		abortJSON(c, http.StatusServiceUnavailable, "hub shutting down")
 		return p, nil, false
@@ -33,21 +30,8 @@ func (s *Server) admit(c *gin.Context, topology string) (p Principal, release fu
 		abortAuth(c, err)
 		return p, nil, false
 	}
-	if topology != "" {
-		if err := hub.ValidateTopologyID(topology); err != nil {
-			abortJSON(c, http.StatusBadRequest, err.Error())
-			return p, nil, false
-		}
-		exists, err := s.hub.Snapshots().Exists(c.Request.Context(), topology)
-		if err != nil {
-			s.log.Error("existence check failed", "topology", topology, "err", err)
-			abortJSON(c, http.StatusServiceUnavailable, "snapshot source unavailable")
-			return p, nil, false
-		}
-		if !exists {
-			abortJSON(c, http.StatusNotFound, "topology not found")
-			return p, nil, false
-		}
+	if subscribe != nil && !subscribe(p) {
+		return p, nil, false
 	}
 	slot, err := s.cfg.Limiter.Acquire(c.Request.Context(), p.User)
 	if err != nil {
@@ -66,25 +50,42 @@ func (s *Server) admit(c *gin.Context, topology string) (p Principal, release fu
 // handleSSE serves GET <base>/topologies/:id/events (PROTOCOL §7).
 func (s *Server) handleSSE(c *gin.Context) {
 	id := c.Param("id")
-	p, release, ok := s.admit(c, id)
+	if err := hub.ValidateTopologyID(id); err != nil {
+		// Before authentication: says nothing about which ids exist.
+		abortJSON(c, http.StatusBadRequest, err.Error())
+		return
+	}
+	var client *hub.Client
+	defer func() {
+		if client != nil {
+			client.Close()
+		}
+	}()
+	p, release, ok := s.admit(c, func(p Principal) bool {
+		since := c.GetHeader("Last-Event-ID")
+		if since == "" {
+			since = c.Query("lastEventId")
+		}
+		client = s.hub.NewClient(p.User)
+		err := client.Subscribe(c.Request.Context(), id, since, nil)
+		switch {
+		case err == nil:
+			return true
+		case errors.Is(err, hub.ErrNotFound):
+			abortJSON(c, http.StatusNotFound, "topology not found")
+		default:
+			s.log.Error("snapshot read failed", "topology", id, "err", err)
+			abortJSON(c, http.StatusServiceUnavailable, "snapshot source unavailable")
+		}
+		return false
+	})
 	if !ok {
 		return
 	}
 	defer release()
-
-	client := s.hub.NewClient(p.User)
-	defer client.Close()
 	client.SetTokenID(p.JTI)
 	if s.draining.Load() {
 		// Drain ran between admit and NewClient and did not see us.
-		return
-	}
-	since := c.GetHeader("Last-Event-ID")
-	if since == "" {
-		since = c.Query("lastEventId")
-	}
-	if err := client.Subscribe(id, since, nil); err != nil {
-		abortJSON(c, http.StatusBadRequest, err.Error())
 		return
 	}
 
@@ -114,9 +115,8 @@ func (s *Server) handleSSE(c *gin.Context) {
 	defer keepalive.Stop()
 	expiry := sessionTimer(p.Expires)
 	defer expiry.Stop()
-	ready := client.Ready()
-	var retry <-chan time.Time
 	var items []hub.Item
+	var frames [][]byte
 	for {
 		select {
 		case <-ctx.Done():
@@ -129,12 +129,13 @@ func (s *Server) handleSSE(c *gin.Context) {
 			if !write(sseKeepalive) {
 				return
 			}
-		case <-retry:
-			retry, ready = nil, client.Ready()
-		case <-ready:
+		case <-client.Ready():
 			var err error
 			items, err = client.Pop(ctx, items[:0])
-			frames := make([][]byte, 0, len(items))
+			if err != nil {
+				s.logSnapshotRetry(err)
+			}
+			frames = frames[:0]
 			gone := false
 			for _, it := range items {
 				switch {
@@ -146,17 +147,19 @@ func (s *Server) handleSSE(c *gin.Context) {
 				}
 			}
 			clear(items)
-			if !write(frames...) || gone {
+			ok := len(frames) == 0 || write(frames...)
+			clear(frames)
+			if !ok || gone {
 				return
-			}
-			if err != nil {
-				// Pop has queued the snapshot again: wait before reading
-				// it again, still answering keepalives and the end.
-				s.log.Warn("snapshot read failed; retrying", "topology", id, "err", err)
-				ready, retry = nil, time.After(snapshotRetry)
 			}
 		}
 	}
+}
+
+// logSnapshotRetry logs a resync snapshot that could not be read (the hub
+// retries it by itself), at most a few times per interval.
+func (s *Server) logSnapshotRetry(err error) {
+	s.logRetries.Do(func() { s.log.Warn("snapshot read failed; retrying", "err", err) })
 }
 
 // sessionTimer fires when the session ends; never when exp is zero.

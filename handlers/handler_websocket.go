@@ -1,9 +1,11 @@
 package handlers
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"path"
@@ -124,10 +126,12 @@ func (s *Server) originAllowed(r *http.Request) bool {
 // handleWebSocket serves GET <base>/ws (PROTOCOL §8): one connection, many
 // topologies.
 //
-// Three goroutines serve a connection and all end with it: this one
-// writes (everything the client receives goes through the client's queue
-// and this one writer, so replies and events keep their order), readLoop
-// handles control messages, and keepalive pings.
+// An idle connection costs one goroutine, its reader: the handler returns
+// once the handshake is done (so net/http's and gin's per-request state
+// goes), a writer runs only while the client has something to write
+// (Client.SetWake starts it), and the keepalive and the session's end are
+// timers. Everything the client receives goes through the client's queue
+// and that one writer at a time, so replies and events keep their order.
 func (s *Server) handleWebSocket(c *gin.Context) {
 	// The origin is checked before admit, so a refused page does not spend
 	// a single-use ticket.
@@ -135,13 +139,13 @@ func (s *Server) handleWebSocket(c *gin.Context) {
 		abortJSON(c, http.StatusForbidden, "origin not allowed")
 		return
 	}
-	p, release, ok := s.admit(c, "")
+	p, release, ok := s.admit(c, nil)
 	if !ok {
 		return
 	}
-	defer release()
 
-	conn, err := websocket.Accept(c.Writer, c.Request, &websocket.AcceptOptions{
+	hj := &hijackCapture{ResponseWriter: c.Writer}
+	conn, err := websocket.Accept(hj, c.Request, &websocket.AcceptOptions{
 		Subprotocols: []string{Subprotocol},
 		// Checked above with the same rules.
 		InsecureSkipVerify: true,
@@ -150,73 +154,75 @@ func (s *Server) handleWebSocket(c *gin.Context) {
 		// Accept has answered (426 and the like for a request that is not
 		// a handshake). Its error names headers, never credentials.
 		s.log.Debug("websocket handshake failed", "err", err)
+		release()
 		return
 	}
-	defer conn.CloseNow()
 	conn.SetReadLimit(maxControlMessage)
 
-	client := s.hub.NewClient(p.User)
-	defer client.Close()
-	client.SetTokenID(p.JTI)
+	ctx, cancel := context.WithCancel(context.Background())
+	ws := &wsConn{
+		s:       s,
+		conn:    conn,
+		netConn: hj.conn,
+		client:  s.hub.NewClient(p.User),
+		user:    p.User,
+		ctx:     ctx,
+		cancel:  cancel,
+		limiter: rate.NewLimiter(s.cfg.ControlRate, s.cfg.ControlBurst),
+	}
+	ws.client.SetTokenID(p.JTI)
+	ws.client.SetWake(ws.wake)
+	ws.setExpires(p.Expires)
+	ws.expiry = time.AfterFunc(time.Hour, ws.expire)
+	ws.rearmExpiry()
+	ws.pinger = time.AfterFunc(s.cfg.Keepalive, ws.ping)
 	if s.draining.Load() {
 		// Drain ran between admit and NewClient and did not see us.
-		client.Disconnect(hub.DisconnectShutdown)
+		ws.client.Disconnect(hub.DisconnectShutdown)
 	}
+	go ws.serve(release)
+}
 
-	// Not the request's context: after the hijack net/http no longer
-	// watches the connection, and the context ends with this handler.
-	ctx, cancel := context.WithCancel(context.WithoutCancel(c.Request.Context()))
-	defer cancel()
-	ws := &wsConn{
-		s:        s,
-		conn:     conn,
-		client:   client,
-		user:     p.User,
-		limiter:  rate.NewLimiter(s.cfg.ControlRate, s.cfg.ControlBurst),
-		rearm:    make(chan struct{}, 1),
-		readDone: make(chan struct{}),
-		dead:     make(chan struct{}, 1),
-	}
-	ws.setExpires(p.Expires)
+// hijackCapture keeps the connection coder/websocket hijacks, so that
+// writes can be bounded by a deadline on it rather than by a context
+// (and its timer) per write.
+type hijackCapture struct {
+	gin.ResponseWriter
+	conn net.Conn
+}
 
-	var wg sync.WaitGroup
-	wg.Go(func() { ws.readLoop(ctx) })
-	wg.Go(func() { ws.keepalive(ctx) })
-	code, reason, handshake := ws.writeLoop(ctx)
-	if handshake {
-		// Close waits for the client's close frame (at most 5 s), which the
-		// read loop receives; ctx must stay alive until then.
-		_ = conn.Close(code, reason)
-	} else {
-		_ = conn.CloseNow()
-	}
-	cancel()
-	wg.Wait()
-	s.log.Debug("websocket closed", "code", int(code), "reason", reason)
+func (h *hijackCapture) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := h.ResponseWriter.Hijack()
+	h.conn = conn
+	return conn, brw, err
 }
 
 // wsConn is one WebSocket connection's state.
 type wsConn struct {
-	s      *Server
-	conn   *websocket.Conn
-	client *hub.Client
-	user   string
+	s       *Server
+	conn    *websocket.Conn
+	netConn net.Conn // nil if the hijack was not seen (then no write deadline)
+	client  *hub.Client
+	user    string
+	ctx     context.Context // ends when the connection does
+	cancel  context.CancelFunc
 
 	// expires is the session's end in Unix nanoseconds (0: none). The
-	// read loop moves it on refresh and pokes rearm; the writer owns the
-	// timer and re-reads it whenever the timer fires, so a refresh racing
-	// the timer is never lost.
+	// read loop moves it on refresh and re-arms expiry; expire re-reads it
+	// when the timer fires, so a refresh racing the timer is never lost.
 	expires atomic.Int64
-	rearm   chan struct{}
+	expiry  *time.Timer
+	pinger  *time.Timer
+
+	// writing is set while a writer goroutine runs (or the connection is
+	// closing and no writer may start).
+	writing atomic.Bool
 
 	// Read loop only.
 	limiter     *rate.Limiter
 	violations  int
 	windowStart time.Time
-
-	readDone chan struct{} // closed when the read loop ends; readErr is set
-	readErr  error
-	dead     chan struct{} // the client did not answer a ping
+	readErr     error
 }
 
 func (ws *wsConn) setExpires(t time.Time) {
@@ -234,72 +240,107 @@ func (ws *wsConn) expiresAt() time.Time {
 	return time.Time{}
 }
 
-// writeLoop writes what the client's queue holds until the connection
-// must end, and says how to close it: with a close handshake and code, or
-// at once (the peer is gone or not answering).
-func (ws *wsConn) writeLoop(ctx context.Context) (code websocket.StatusCode, reason string, handshake bool) {
-	cfg := &ws.s.cfg
-	expiry := sessionTimer(ws.expiresAt())
-	defer expiry.Stop()
-	ready := ws.client.Ready()
-	var retry <-chan time.Time
-	var items []hub.Item
-	var buf []byte
+// rearmExpiry sets the session timer to the session's end.
+func (ws *wsConn) rearmExpiry() {
+	ws.expiry.Stop()
+	if exp := ws.expiresAt(); !exp.IsZero() {
+		ws.expiry.Reset(time.Until(exp))
+	}
+}
+
+// expire ends the session unless a refresh moved its end meanwhile.
+func (ws *wsConn) expire() {
+	if exp := ws.expiresAt(); !exp.IsZero() && time.Now().Before(exp) {
+		ws.expiry.Reset(time.Until(exp))
+		return
+	}
+	ws.client.Disconnect(hub.DisconnectExpired)
+}
+
+// serve is the connection's reader, and its one long-lived goroutine:
+// it handles control messages until the connection ends, then releases
+// everything.
+func (ws *wsConn) serve(release func()) {
+	defer release()
+	ws.readLoop()
+	switch {
+	case errors.Is(ws.readErr, errControlAbuse):
+		_ = ws.conn.Close(ClosePolicy, "control channel abuse")
+	case errors.Is(ws.readErr, websocket.ErrMessageTooBig):
+		// The library has sent the close frame; Close completes the
+		// handshake.
+		_ = ws.conn.Close(CloseTooBig, "message too big")
+	}
+	ws.cancel()
+	ws.pinger.Stop()
+	ws.expiry.Stop()
+	_ = ws.conn.CloseNow()
+	ws.client.Close()
+	ws.s.log.Debug("websocket closed", "code", int(websocket.CloseStatus(ws.readErr)))
+}
+
+// wake starts a writer unless one is running; the hub calls it when the
+// client has something to write or is ended.
+func (ws *wsConn) wake() {
+	if ws.writing.CompareAndSwap(false, true) {
+		go ws.writeLoop()
+	}
+}
+
+// wsBuffers hold a writer's outgoing message while it runs; an idle
+// connection holds none.
+var wsBuffers = sync.Pool{New: func() any { return new(wsBuffer) }}
+
+type wsBuffer struct {
+	msg   []byte
+	items []hub.Item
+}
+
+// writeLoop writes what the client's queue holds until it is empty, then
+// exits; when the hub ends the client it closes the connection with the
+// reason's code.
+func (ws *wsConn) writeLoop() {
+	b := wsBuffers.Get().(*wsBuffer)
+	defer func() {
+		clear(b.items)
+		if cap(b.msg) <= 4*ws.s.cfg.MaxMessageBytes && cap(b.items) <= 4096 {
+			b.msg, b.items = b.msg[:0], b.items[:0]
+			wsBuffers.Put(b)
+		}
+	}()
 	for {
-		select {
-		case <-ws.client.Done():
-			code, reason = closeForReason(ws.client.Reason())
-			return code, reason, true
-		case <-ws.readDone:
-			switch {
-			case errors.Is(ws.readErr, errControlAbuse):
-				return ClosePolicy, "control channel abuse", true
-			case errors.Is(ws.readErr, websocket.ErrMessageTooBig):
-				// The library has sent the close frame; Close completes the
-				// handshake.
-				return CloseTooBig, "message too big", true
+		if r := ws.client.Reason(); r != hub.DisconnectNone {
+			// writing stays set: no writer starts after the close.
+			code, reason := closeForReason(r)
+			_ = ws.conn.Close(code, reason)
+			return
+		}
+		var err error
+		b.items, err = ws.client.Pop(ws.ctx, b.items[:0])
+		if err != nil {
+			ws.s.logSnapshotRetry(err)
+		}
+		if len(b.items) > 0 {
+			if b.msg, err = ws.writeItems(b.msg, b.items); err != nil {
+				_ = ws.conn.CloseNow() // the reader sees it and cleans up
+				return
 			}
-			// The client closed or the connection broke.
-			return websocket.CloseStatus(ws.readErr), "", false
-		case <-ws.dead:
-			return 0, "ping timeout", false
-		case <-ws.rearm:
-			expiry.Stop()
-			if exp := ws.expiresAt(); !exp.IsZero() {
-				expiry.Reset(time.Until(exp))
-			}
-		case <-expiry.C:
-			if exp := ws.expiresAt(); !exp.IsZero() && time.Now().Before(exp) {
-				expiry.Reset(time.Until(exp)) // refreshed meanwhile
-				continue
-			}
-			return CloseCredentials, "credentials expired", true
-		case <-retry:
-			retry, ready = nil, ws.client.Ready()
-		case <-ready:
-			var err error
-			items, err = ws.client.Pop(ctx, items[:0])
-			buf, err = ws.writeItems(ctx, buf, items, err)
-			clear(items)
-			if errors.Is(err, hub.ErrSnapshotUnavailable) {
-				// Pop has queued the snapshot again and re-armed Ready:
-				// wait before reading it again, without blocking the rest.
-				ws.s.log.Warn("snapshot read failed; retrying", "err", err)
-				ready, retry = nil, time.After(snapshotRetry)
-			} else if err != nil {
-				return 0, "write failed", false
-			}
-			if cap(buf) > 4*cfg.MaxMessageBytes {
-				buf = nil // a burst's buffer is not kept by an idle connection
-			}
+			clear(b.items)
+			continue
+		}
+		ws.writing.Store(false)
+		if !ws.client.Pending() && ws.client.Reason() == hub.DisconnectNone {
+			return
+		}
+		if !ws.writing.CompareAndSwap(false, true) {
+			return // another writer took over
 		}
 	}
 }
 
 // writeItems writes the popped items as few messages as the size cap
 // allows: frames joined by newlines in buf, which is returned for reuse.
-// It returns popErr unless a write fails.
-func (ws *wsConn) writeItems(ctx context.Context, buf []byte, items []hub.Item, popErr error) ([]byte, error) {
+func (ws *wsConn) writeItems(buf []byte, items []hub.Item) ([]byte, error) {
 	limit := ws.s.cfg.MaxMessageBytes
 	buf = buf[:0]
 	for _, it := range items {
@@ -316,14 +357,14 @@ func (ws *wsConn) writeItems(ctx context.Context, buf []byte, items []hub.Item, 
 			continue
 		}
 		if len(buf) > 0 && len(buf)+1+len(frame) > limit {
-			if err := ws.write(ctx, buf); err != nil {
+			if err := ws.write(buf); err != nil {
 				return buf, err
 			}
 			buf = buf[:0]
 		}
 		if len(frame) >= limit {
 			// Alone anyway: write the shared bytes without copying them.
-			if err := ws.write(ctx, frame); err != nil {
+			if err := ws.write(frame); err != nil {
 				return buf, err
 			}
 			continue
@@ -334,54 +375,56 @@ func (ws *wsConn) writeItems(ctx context.Context, buf []byte, items []hub.Item, 
 		buf = append(buf, frame...)
 	}
 	if len(buf) > 0 {
-		if err := ws.write(ctx, buf); err != nil {
+		if err := ws.write(buf); err != nil {
 			return buf, err
 		}
 	}
-	return buf, popErr
+	return buf, nil
 }
 
-func (ws *wsConn) write(ctx context.Context, msg []byte) error {
-	ctx, cancel := context.WithTimeout(ctx, ws.s.cfg.WriteTimeout)
-	defer cancel()
-	return ws.conn.Write(ctx, websocket.MessageText, msg)
+// write sends one message, bounded by Config.WriteTimeout through the
+// connection's deadline: no context or timer is made per write.
+func (ws *wsConn) write(msg []byte) error {
+	if ws.netConn == nil {
+		ctx, cancel := context.WithTimeout(ws.ctx, ws.s.cfg.WriteTimeout)
+		defer cancel()
+		return ws.conn.Write(ctx, websocket.MessageText, msg)
+	}
+	_ = ws.netConn.SetWriteDeadline(time.Now().Add(ws.s.cfg.WriteTimeout))
+	err := ws.conn.Write(context.Background(), websocket.MessageText, msg)
+	_ = ws.netConn.SetWriteDeadline(time.Time{}) // pings and close frames set their own
+	return err
 }
 
-// keepalive pings every Config.Keepalive; a client that does not answer
-// within Config.WriteTimeout is reported dead. The pong is read by the
-// read loop.
-func (ws *wsConn) keepalive(ctx context.Context) {
-	tick := time.NewTicker(ws.s.cfg.Keepalive)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
+// ping runs on the keepalive timer: a client that does not answer within
+// Config.WriteTimeout is cut off (its reader then cleans up).
+func (ws *wsConn) ping() {
+	if ws.ctx.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ws.ctx, ws.s.cfg.WriteTimeout)
+	err := ws.conn.Ping(ctx)
+	cancel()
+	if err != nil {
+		if ws.ctx.Err() == nil {
+			ws.s.log.Debug("websocket ping unanswered", "err", err)
+			_ = ws.conn.CloseNow()
 		}
-		pctx, cancel := context.WithTimeout(ctx, ws.s.cfg.WriteTimeout)
-		err := ws.conn.Ping(pctx)
-		cancel()
-		if err != nil {
-			if ctx.Err() == nil {
-				select {
-				case ws.dead <- struct{}{}:
-				default:
-				}
-			}
-			return
-		}
+		return
+	}
+	if ws.ctx.Err() == nil {
+		ws.pinger.Reset(ws.s.cfg.Keepalive)
 	}
 }
 
 // readLoop handles control messages until the connection fails or the
 // control channel is abused. Replies go through the client's queue, so
 // the writer sends them in order with the events.
-func (ws *wsConn) readLoop(ctx context.Context) {
-	defer close(ws.readDone)
+func (ws *wsConn) readLoop() {
 	for {
-		// Not ctx: cancelling a read closes the connection, and the close
-		// handshake needs it open. The read ends when the connection does.
+		// Not ws.ctx: cancelling a read closes the connection, and the
+		// close handshake needs it open. The read ends when the
+		// connection does.
 		typ, msg, err := ws.conn.Read(context.Background())
 		if err != nil {
 			ws.readErr = err
@@ -400,7 +443,7 @@ func (ws *wsConn) readLoop(ctx context.Context) {
 			ws.reply(appendError(nil, nil, "", codeBadRequest, "messages must be text"))
 			continue
 		}
-		ws.handle(ctx, msg)
+		ws.handle(ws.ctx, msg)
 	}
 }
 
@@ -443,31 +486,24 @@ func (ws *wsConn) callContext(ctx context.Context) (context.Context, context.Can
 	return context.WithTimeout(ctx, ws.s.cfg.WriteTimeout/2)
 }
 
-// subscribe checks existence before registering (the snapshot would tell
-// too, but only asynchronously and without the request id), then queues
-// the ack ahead of the topology's snapshot or replayed events.
+// subscribe registers the subscription; the hub reads the snapshot (which
+// also tells whether the topology exists) and queues the ack ahead of it
+// or of the replayed events.
 func (ws *wsConn) subscribe(ctx context.Context, f controlFrame) {
 	cctx, cancel := ws.callContext(ctx)
-	exists, err := ws.s.hub.Snapshots().Exists(cctx, f.Topology)
+	err := ws.client.Subscribe(cctx, f.Topology, f.Since, appendReply(nil, "subscribed", f.ID, f.Topology))
 	cancel()
-	if err != nil {
-		if ctx.Err() == nil {
-			ws.s.log.Error("existence check failed", "topology", f.Topology, "err", err)
-			ws.reply(appendError(nil, f.ID, f.Topology, codeUnavailable, "snapshot source unavailable; retry"))
-		}
-		return
-	}
-	if !exists {
-		ws.reply(appendError(nil, f.ID, f.Topology, codeNotFound, "topology not found"))
-		return
-	}
-	err = ws.client.Subscribe(f.Topology, f.Since, appendReply(nil, "subscribed", f.ID, f.Topology))
 	switch {
 	case err == nil, errors.Is(err, hub.ErrClientClosed):
+	case errors.Is(err, hub.ErrNotFound):
+		ws.reply(appendError(nil, f.ID, f.Topology, codeNotFound, "topology not found"))
 	case errors.Is(err, hub.ErrTooManySubscriptions):
 		ws.reply(appendError(nil, f.ID, f.Topology, codeTooManySubscriptions, "too many subscriptions on this connection"))
-	default:
+	case errors.Is(err, hub.ErrInvalidTopology):
 		ws.reply(appendError(nil, f.ID, f.Topology, codeInvalidTopology, "invalid topology id"))
+	case ctx.Err() == nil:
+		ws.s.log.Error("snapshot read failed", "topology", f.Topology, "err", err)
+		ws.reply(appendError(nil, f.ID, f.Topology, codeUnavailable, "snapshot source unavailable; retry"))
 	}
 }
 
@@ -500,9 +536,6 @@ func (ws *wsConn) refresh(ctx context.Context, f controlFrame) {
 	}
 	ws.client.SetTokenID(p.JTI)
 	ws.setExpires(p.Expires)
-	select {
-	case ws.rearm <- struct{}{}:
-	default:
-	}
+	ws.rearmExpiry()
 	ws.reply(appendRefreshed(nil, f.ID, p.Expires))
 }

@@ -92,6 +92,8 @@ type Server struct {
 	origins  []originPattern
 	draining atomic.Bool
 	streams  streamSet // open SSE and WebSocket handlers
+
+	logRetries rate.Sometimes // snapshot retries, logged rate-limited
 }
 
 // New builds the routes over h.
@@ -142,7 +144,8 @@ func New(h *hub.Hub, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	auth.revocations = cfg.Revocations
-	s := &Server{cfg: cfg, hub: h, auth: auth, log: cfg.Logger, origins: origins}
+	s := &Server{cfg: cfg, hub: h, auth: auth, log: cfg.Logger, origins: origins,
+		logRetries: rate.Sometimes{First: 5, Interval: 10 * time.Second}}
 	s.minting = newUserRates(cfg.TicketRate, cfg.TicketBurst, maxMintingUsers)
 
 	gin.SetMode(gin.ReleaseMode)

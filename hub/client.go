@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // DisconnectReason says why the hub ended a client. Transports map it to
@@ -44,20 +45,30 @@ func (r DisconnectReason) String() string {
 	return "none"
 }
 
-// ErrSnapshotUnavailable is returned by Pop when a snapshot could not be
-// read for a reason other than ErrNotFound. The snapshot is queued again;
-// the transport should wait a little before the next Pop.
+// ErrSnapshotUnavailable is returned by Pop when a resync snapshot could
+// not be read for a reason other than ErrNotFound. The hub retries it
+// after Config.SnapshotRetry by itself (Ready fires again then); the
+// transport only logs it.
 var ErrSnapshotUnavailable = errors.New("snapshot unavailable")
 
 // A Client is one connection's view of the hub, whatever its transport:
-// its subscriptions and one FIFO queue of everything to write to it.
-// The bus reader appends to the queue and never waits for the client; the
-// transport's writer drains it with Pop when Ready fires.
+// its subscriptions, each a cursor into its topology's log, and a short
+// queue of transport replies.
+//
+// Nothing is copied per client when an event is published: the bus
+// reader appends the event to the topology's log once and wakes only the
+// subscriptions that had caught up (each at most once until it reads
+// again). The transport's writer, woken through Ready (or the function
+// given to SetWake), reads each woken subscription's events from the log
+// at its own cursor with Pop. A subscription that has fallen more than
+// Config.QueueSize events or Config.MaxLag behind, or off the end of the
+// log, gets one resync snapshot instead of the events it missed.
 type Client struct {
 	hub  *Hub
 	user string
 
-	ready chan struct{} // capacity 1: "the queue may be non-empty"
+	ready  chan struct{}          // capacity 1: "Pop may have something"
+	onWake atomic.Pointer[func()] // replaces ready when set (SetWake)
 
 	doneOnce sync.Once
 	done     chan struct{}
@@ -65,37 +76,43 @@ type Client struct {
 
 	tokenID atomic.Pointer[string]
 
+	// mu guards the fields below. Lock order: a topology's mu, then mu.
 	mu       sync.Mutex
 	closed   bool
 	subs     map[string]*subscription
-	queue    []item
-	spare    []item
-	rawBytes int // bytes of the transport messages in queue
+	raws     [][]byte        // transport replies not yet popped, in order
+	rawBytes int             // their size
+	pending  []*subscription // subscriptions that may have something to read
+	stalled  []*subscription // resyncs whose snapshot read failed, retried later
+	retry    *time.Timer     // re-pends stalled; nil until first needed
+	spare    []*subscription // a drained pending slice, kept for reuse
 }
 
-// subscription is one client's interest in one topology. Guarded by the
-// client's mu, except index, which the topology's mu guards.
+// subscription is one client's cursor into one topology's log.
+//
+// Guarded by the topology's mu: index, waiting, next, marker, first.
+// Guarded by the client's mu: pending, stalled, held. active is written with
+// both locks held, so either suffices to read it.
 type subscription struct {
 	client *Client
 	topo   *topology
-	index  int
-	active bool
-	queued int     // events of this subscription in the client's queue
-	marker *marker // the snapshot queued and not yet popped, if any
+	index  int // in topo.subs
+
+	active  bool
+	waiting bool // in topo.waiters: caught up, wake me on the next event
+	pending bool // in client.pending
+	stalled bool // in client.stalled
+	held    bool // Subscribe has not queued the ack yet: not pended before it
+
+	next   uint64  // log position of the next event to deliver
+	marker *marker // a snapshot to read before the events from next on
+	first  *Event  // the first snapshot, read by Subscribe, not yet popped
 }
 
 // marker is a snapshot to read when the writer reaches it.
 type marker struct {
 	seq    uint64 // the newest event the snapshot will reflect
 	resync bool
-}
-
-// item is one queue entry: exactly one of ev, mk, raw is set.
-type item struct {
-	sub *subscription
-	ev  *Event
-	mk  *marker
-	raw []byte
 }
 
 // An Item is one thing for the transport to write.
@@ -141,7 +158,19 @@ func (c *Client) TokenID() string {
 	return ""
 }
 
-// Ready fires when the queue may hold something for Pop.
+// SetWake makes the hub call fn, instead of signalling Ready, whenever
+// the client may have something for Pop and when it is disconnected. fn
+// must not block: a transport uses it to start a writer only when there
+// is something to write. A wake-up missed before the call (the client
+// was disconnected, or sent something) is delivered by it.
+func (c *Client) SetWake(fn func()) {
+	c.onWake.Store(&fn)
+	if c.Reason() != DisconnectNone || c.Pending() {
+		fn()
+	}
+}
+
+// Ready fires when Pop may have something, and when Done is closed.
 func (c *Client) Ready() <-chan struct{} { return c.ready }
 
 // Done is closed when the hub ends the client; Reason says why.
@@ -157,29 +186,37 @@ func (c *Client) Reason() DisconnectReason {
 	}
 }
 
-// Disconnect ends the client for reason; its transport sees Done and
-// closes. Later calls do nothing.
+// Disconnect ends the client for reason; its transport sees Done (and a
+// wake-up) and closes. Later calls do nothing.
 func (c *Client) Disconnect(reason DisconnectReason) {
+	fired := false
 	c.doneOnce.Do(func() {
 		c.reason = reason
 		close(c.done)
+		fired = true
 	})
+	if fired {
+		c.signal()
+	}
 }
 
 func (c *Client) signal() {
+	if fn := c.onWake.Load(); fn != nil {
+		(*fn)()
+		return
+	}
 	select {
 	case c.ready <- struct{}{}:
 	default:
 	}
 }
 
-// Queued returns how many entries wait in the client's queue for its
-// writer: at most QueueSize events per subscription, plus a snapshot each
-// and pending replies.
-func (c *Client) Queued() int {
+// Pending reports whether Pop may have something: a reply or a
+// subscription woken since the last Pop.
+func (c *Client) Pending() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.queue)
+	return len(c.raws) > 0 || len(c.pending) > 0
 }
 
 // Subscriptions returns how many topologies the client is subscribed to.
@@ -189,85 +226,131 @@ func (c *Client) Subscriptions() int {
 	return len(c.subs)
 }
 
-// Subscribe registers the client for topology id, then queues ack (if
-// any) and, after it, either the snapshot or the events after since.
+// Subscribe registers the client for topology id, reads what it needs
+// from the snapshot source, and queues ack (if any) followed by either
+// the topology's snapshot or, with a since cursor that the history still
+// covers, exactly the events after it (otherwise a snapshot with
+// "resync":true).
 //
-// The subscription is registered before the snapshot is read (the writer
-// reads it when it reaches it in the queue), so an event published after
-// Subscribe returns is never lost. With a since cursor that the history
-// still covers, exactly the events after it are queued and no snapshot;
-// otherwise a snapshot with "resync":true. Subscribing again to a
-// subscribed topology queues only the ack.
-//
-// Existence is not checked here: callers check it with the snapshot
-// source first, and a topology gone by the time the snapshot is read is
-// reported by Pop.
-func (c *Client) Subscribe(id, since string, ack []byte) error {
+// The subscription is registered before the snapshot is read, so an
+// event published while Subscribe runs is delivered after the snapshot
+// and none is lost. The same read tells whether the topology exists: a
+// missing one gives ErrNotFound and leaves nothing registered or queued,
+// and a failed read gives the source's error, likewise. Subscribing
+// again to a subscribed topology queues only the ack.
+func (c *Client) Subscribe(ctx context.Context, id, since string, ack []byte) error {
 	if err := ValidateTopologyID(id); err != nil {
 		return err
 	}
 	h := c.hub
-	t := h.lockTopic(id)
+	t := h.lockTopology(id)
 	c.mu.Lock()
-	err := c.subscribeLocked(t, id, since, ack)
+	s, err := c.registerLocked(t, id)
+	if s == nil || err != nil {
+		if err == nil {
+			c.queueRawLocked(ack) // already subscribed
+		}
+		c.mu.Unlock()
+		t.mu.Unlock()
+		if err == nil {
+			c.signal()
+		}
+		return err
+	}
 	c.mu.Unlock()
-	t.mu.Unlock()
-	if err == nil {
-		c.signal()
-	}
-	return err
-}
-
-// subscribeLocked does Subscribe's work. Lock should be held for both t
-// and c.
-func (c *Client) subscribeLocked(t *topology, id, since string, ack []byte) error {
-	if c.closed {
-		return ErrClientClosed
-	}
-	if _, ok := c.subs[id]; ok {
-		c.queueRawLocked(ack)
-		return nil
-	}
-	h := c.hub
-	if len(c.subs) >= h.cfg.MaxSubscriptions {
-		return fmt.Errorf("subscribe %q: %w (limit %d)", id, ErrTooManySubscriptions, h.cfg.MaxSubscriptions)
-	}
-	s := &subscription{client: c, topo: t, active: true}
-	t.addSub(s)
-	c.subs[id] = s
-	c.queueRawLocked(ack)
-	if since == "" {
-		c.queueMarkerLocked(s, t.last, false)
-		return nil
-	}
-	if epoch, seq, ok := ParseCursor(since); ok && epoch == h.epoch {
-		t.expire(h.cfg.Now().Add(-h.cfg.HistoryAge))
-		if evs, ok := t.since(seq, h.seq.Load()); ok && len(evs) <= h.cfg.QueueSize {
-			for _, ev := range evs {
-				c.queue = append(c.queue, item{sub: s, ev: ev})
+	mk := marker{seq: t.last}
+	replay := false
+	if since != "" {
+		mk.resync = true
+		if epoch, seq, ok := ParseCursor(since); ok && epoch == h.epoch {
+			t.expire(h.cfg.Now().Add(-h.cfg.HistoryAge))
+			if pos, ok := t.positionAfter(seq, h.seq.Load()); ok && t.end-pos <= uint64(h.cfg.QueueSize) {
+				s.next, replay = pos, true
 			}
-			s.queued = len(evs)
-			return nil
 		}
 	}
-	c.queueMarkerLocked(s, t.last, true)
-	h.stats.Resyncs.Add(1)
+	t.mu.Unlock()
+
+	// One read answers existence and, unless the history replays, gives
+	// the snapshot. It may be shared with other subscribers' reads that
+	// started after event mk.seq was received.
+	var snap *Event
+	if replay {
+		var ok bool
+		if ok, err = h.cfg.Snapshots.Exists(ctx, id); err == nil && !ok {
+			err = ErrNotFound
+		}
+	} else {
+		snap, err = h.snapshotEvent(ctx, id, mk)
+	}
+	if err != nil {
+		c.endSubscription(s)
+		if errors.Is(err, ErrNotFound) {
+			return ErrNotFound
+		}
+		return fmt.Errorf("subscribe %q: %w", id, err)
+	}
+	t.mu.Lock()
+	c.mu.Lock()
+	if !s.active {
+		// Unsubscribed or closed meanwhile.
+		c.mu.Unlock()
+		t.mu.Unlock()
+		return ErrClientClosed
+	}
+	if !replay {
+		h.stats.Snapshots.Add(1)
+		if mk.resync {
+			h.stats.Resyncs.Add(1)
+		}
+		if s.marker != nil {
+			// A bus gap while the snapshot was read: it is stale, and the
+			// gap's snapshot replaces it (still plain if this is the first).
+			s.marker.resync = s.marker.resync && mk.resync
+		} else {
+			s.first = snap
+		}
+	}
+	c.queueRawLocked(ack)
+	s.held = false
+	c.pendLocked(s)
+	c.mu.Unlock()
+	t.mu.Unlock()
+	c.signal()
 	return nil
 }
 
-// queueMarkerLocked queues a snapshot for s reflecting seq, or moves the
-// one already queued up to seq. Lock should be held.
-func (c *Client) queueMarkerLocked(s *subscription, seq uint64, resync bool) {
-	if s.marker == nil {
-		s.marker = &marker{resync: resync}
-		c.queue = append(c.queue, item{sub: s, mk: s.marker})
+// registerLocked adds a subscription to t, or returns nil when id is
+// already subscribed. Lock should be held for t and c.
+func (c *Client) registerLocked(t *topology, id string) (*subscription, error) {
+	if c.closed {
+		return nil, ErrClientClosed
 	}
-	s.marker.seq = seq
+	if _, ok := c.subs[id]; ok {
+		return nil, nil
+	}
+	h := c.hub
+	if len(c.subs) >= h.cfg.MaxSubscriptions {
+		return nil, fmt.Errorf("subscribe %q: %w (limit %d)", id, ErrTooManySubscriptions, h.cfg.MaxSubscriptions)
+	}
+	s := &subscription{client: c, topo: t, active: true, held: true, next: t.end}
+	t.addSub(s)
+	c.subs[id] = s
+	return s, nil
 }
 
-// Unsubscribe ends the subscription to id, drops what is queued for it and
-// queues ack (if any) after everything already popped. Unsubscribing a
-// topology that is not subscribed queues only the ack.
+// pendLocked marks s as having something to read. Lock should be held
+// for c.
+func (c *Client) pendLocked(s *subscription) {
+	if !s.pending && !s.stalled && !s.held {
+		s.pending = true
+		c.pending = append(c.pending, s)
+	}
+}
+
+// Unsubscribe ends the subscription to id, so nothing more of it is
+// popped, and queues ack (if any). Unsubscribing a topology that is not
+// subscribed queues only the ack.
 func (c *Client) Unsubscribe(id string, ack []byte) {
 	c.mu.Lock()
 	s := c.subs[id]
@@ -280,26 +363,26 @@ func (c *Client) Unsubscribe(id string, ack []byte) {
 	}
 }
 
-// endSubscription unregisters s from its topology and drops its queue
-// entries.
+// endSubscription unregisters s from its topology.
 func (c *Client) endSubscription(s *subscription) {
-	s.topo.mu.Lock()
+	t := s.topo
+	t.mu.Lock()
 	c.mu.Lock()
 	if s.active {
 		s.active = false
-		s.topo.removeSub(s)
-		if c.subs[s.topo.id] == s {
-			delete(c.subs, s.topo.id)
+		t.removeSub(s)
+		if c.subs[t.id] == s {
+			delete(c.subs, t.id)
 		}
-		c.removeQueuedLocked(s)
-		s.queued, s.marker = 0, nil
+		s.marker, s.first = nil, nil
 	}
 	c.mu.Unlock()
-	s.topo.mu.Unlock()
+	t.mu.Unlock()
 }
 
-// Send queues a transport message (a reply or an error frame) after
-// everything queued so far.
+// Send queues a transport message (a reply or an error frame); replies
+// are popped in the order they were sent, before the events popped with
+// them.
 func (c *Client) Send(raw []byte) {
 	c.mu.Lock()
 	if c.closed {
@@ -320,186 +403,204 @@ func (c *Client) queueRawLocked(raw []byte) {
 		return
 	}
 	if c.rawBytes+len(raw) > c.hub.cfg.MaxReplyBytes {
-		c.Disconnect(DisconnectPolicy)
+		// Not Disconnect: it signals, and the caller signals after
+		// unlocking anyway.
+		c.doneOnce.Do(func() {
+			c.reason = DisconnectPolicy
+			close(c.done)
+		})
 		return
 	}
 	c.rawBytes += len(raw)
-	c.queue = append(c.queue, item{raw: raw})
+	c.raws = append(c.raws, raw)
 }
 
-// enqueue queues ev for s; on overflow of s's share of the queue the
-// queued events of s are replaced by one resync snapshot. Called by
-// Publish with s's topology locked; never blocks on the transport.
-func (c *Client) enqueue(s *subscription, ev *Event) {
-	c.mu.Lock()
-	if !s.active {
-		c.mu.Unlock()
-		return
-	}
-	if s.queued >= c.hub.cfg.QueueSize {
-		c.resyncLocked(s, ev.Seq)
-	} else {
-		c.queue = append(c.queue, item{sub: s, ev: ev})
-		s.queued++
-	}
-	c.mu.Unlock()
-	c.signal()
-}
-
-// resync replaces what is queued for s by one resync snapshot reflecting
-// seq. Lock should be held for s's topology.
-func (c *Client) resync(s *subscription, seq uint64) {
+// wake marks s as having something to read and wakes the client's
+// writer.
+func (c *Client) wake(s *subscription) {
 	c.mu.Lock()
 	if s.active {
-		c.resyncLocked(s, seq)
+		c.pendLocked(s)
 	}
 	c.mu.Unlock()
 	c.signal()
 }
 
-// resyncLocked: lock should be held for c and s's topology.
-func (c *Client) resyncLocked(s *subscription, seq uint64) {
-	c.removeQueuedEventsLocked(s)
-	// A snapshot still queued and never sent keeps its kind: a first
-	// snapshot that will now reflect more is still a first snapshot.
-	c.queueMarkerLocked(s, seq, true)
-	c.hub.stats.Resyncs.Add(1)
-}
-
-// removeQueuedEventsLocked drops the queued events of s, keeping its
-// marker. Lock should be held.
-func (c *Client) removeQueuedEventsLocked(s *subscription) {
-	q := c.queue[:0]
-	for _, it := range c.queue {
-		if it.sub == s && it.ev != nil {
-			continue
-		}
-		q = append(q, it)
+// resyncLocked replaces what s has not read yet by one resync snapshot
+// reflecting seq (a snapshot not yet popped keeps its kind: a first
+// snapshot that will now reflect more is still a first snapshot). Lock
+// should be held for s's topology.
+func (s *subscription) resyncLocked(seq uint64, stats *Stats) {
+	t := s.topo
+	s.next = t.end
+	switch {
+	case s.marker != nil:
+		s.marker.seq = max(s.marker.seq, seq)
+	case s.first != nil:
+		s.first = nil
+		s.marker = &marker{seq: seq}
+	default:
+		s.marker = &marker{seq: seq, resync: true}
+		stats.Resyncs.Add(1)
 	}
-	clear(c.queue[len(q):])
-	c.queue = q
-	s.queued = 0
 }
 
-// removeQueuedLocked drops every queue entry of s. Lock should be held.
-func (c *Client) removeQueuedLocked(s *subscription) {
-	q := c.queue[:0]
-	for _, it := range c.queue {
-		if it.sub == s {
-			continue
-		}
-		q = append(q, it)
-	}
-	clear(c.queue[len(q):])
-	c.queue = q
-}
-
-// maxSpare is the largest drained queue kept for reuse; a burst's larger
-// buffer is left to the garbage collector so idle clients stay small.
+// maxSpare is the largest drained slice kept for reuse; a burst's larger
+// one is left to the garbage collector so idle clients stay small.
 const maxSpare = 1024
 
-// Pop drains the queue into out, reading the snapshots it reaches (that
-// read is the only wait, and it holds no lock). Order is kept per
-// topology: a snapshot comes before the events queued after it. When a
-// snapshot cannot be read, the items before it are returned with
-// ErrSnapshotUnavailable and the snapshot stays queued.
+// Pop appends to out what the client should write now: the replies
+// queued so far, then for each woken subscription its snapshot (read
+// here when a resync needs one: the only wait, holding no lock) and the
+// events of its topology's log after its cursor. Per topology the order
+// is the log's, a snapshot first. A subscription that has fallen too far
+// behind gets a resync snapshot instead of the events it missed.
+//
+// When a resync snapshot cannot be read, the rest is still returned with
+// ErrSnapshotUnavailable; the subscription waits Config.SnapshotRetry and
+// is then tried again (Ready fires).
 func (c *Client) Pop(ctx context.Context, out []Item) ([]Item, error) {
 	c.mu.Lock()
-	batch := c.queue
-	c.queue = c.spare[:0]
-	c.spare = nil
-	for _, it := range batch {
-		c.rawBytes -= len(it.raw)
-		if it.ev != nil {
-			it.sub.queued--
-		}
-		if it.mk != nil && it.sub.marker == it.mk {
-			it.sub.marker = nil
-		}
+	for _, raw := range c.raws {
+		out = append(out, Item{Raw: raw})
+	}
+	clear(c.raws)
+	c.raws, c.rawBytes = c.raws[:0], 0
+	if cap(c.raws) > maxSpare {
+		c.raws = nil
+	}
+	batch := c.pending
+	c.pending, c.spare = c.spare[:0], nil
+	for _, s := range batch {
+		s.pending = false
 	}
 	c.mu.Unlock()
 
 	var failed error
-	var stalled map[*subscription]*marker // snapshots that could not be read
-	var gone map[*subscription]bool       // subscriptions ended: topology not found
-	for _, it := range batch {
-		if gone[it.sub] {
-			continue
+	for _, s := range batch {
+		var err error
+		if out, err = c.read(ctx, s, out); err != nil {
+			failed = err
 		}
-		if mk := stalled[it.sub]; mk != nil {
-			// After a snapshot that could not be read, the topology's
-			// events are folded into it: it will reflect them.
-			if it.ev != nil {
-				mk.seq = max(mk.seq, it.ev.Seq)
-			}
-			continue
-		}
-		switch {
-		case it.raw != nil:
-			out = append(out, Item{Raw: it.raw})
-		case it.ev != nil:
-			out = append(out, Item{Event: it.ev})
-		case it.mk != nil:
-			ev, err := c.hub.snapshotEvent(ctx, it.sub.topo.id, *it.mk)
-			switch {
-			case err == nil:
-				out = append(out, Item{Event: ev})
-			case errors.Is(err, ErrNotFound):
-				c.endSubscription(it.sub)
-				if gone == nil {
-					gone = map[*subscription]bool{}
-				}
-				gone[it.sub] = true
-				out = append(out, Item{Topology: it.sub.topo.id, Err: ErrNotFound})
-			default:
-				failed = fmt.Errorf("%w: %s: %v", ErrSnapshotUnavailable, it.sub.topo.id, err)
-				if stalled == nil {
-					stalled = map[*subscription]*marker{}
-				}
-				stalled[it.sub] = &marker{seq: it.mk.seq, resync: it.mk.resync}
-			}
-		}
-	}
-	if stalled != nil {
-		c.requeueSnapshots(stalled)
 	}
 
 	clear(batch)
 	c.mu.Lock()
-	if cap(batch) <= maxSpare && !c.closed {
+	if cap(batch) <= maxSpare && !c.closed && c.spare == nil {
 		c.spare = batch[:0]
 	}
-	pending := len(c.queue) > 0
 	c.mu.Unlock()
-	if pending {
-		c.signal()
-	}
 	return out, failed
 }
 
-// requeueSnapshots puts snapshots that could not be read back at the head
-// of the queue, before any event of their topology queued since.
-func (c *Client) requeueSnapshots(stalled map[*subscription]*marker) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var head []item
-	for s, mk := range stalled {
+// read appends what s has to deliver now: its snapshot if one is due
+// (read with no lock held), then the events of the log after its cursor.
+func (c *Client) read(ctx context.Context, s *subscription, out []Item) ([]Item, error) {
+	h := c.hub
+	t := s.topo
+	// Twice at most: a snapshot, then the events logged while it was read.
+	for range 2 {
+		t.mu.Lock()
 		if !s.active {
-			continue
+			t.mu.Unlock()
+			return out, nil
 		}
-		if s.marker != nil {
-			// A resync queued meanwhile already stands before every
-			// event of s that is still queued.
-			s.marker.seq = max(s.marker.seq, mk.seq)
-			if !mk.resync {
-				s.marker.resync = false // still the first snapshot
+		if s.marker == nil && s.next < t.end && t.behind(s.next, h.cfg.QueueSize, h.lagCutoff()) {
+			s.resyncLocked(t.last, &h.stats)
+			h.stats.Overflows.Add(1)
+		}
+		if s.first != nil {
+			out = append(out, Item{Event: s.first})
+			s.first = nil
+		}
+		mk := s.marker
+		s.marker = nil
+		if mk != nil {
+			// The read starts now, so it reflects everything logged so
+			// far: fold those events into it.
+			mk.seq, s.next = max(mk.seq, t.last), t.end
+		}
+		if mk == nil {
+			n := len(out)
+			for ; s.next < t.end; s.next++ {
+				out = append(out, Item{Event: t.at(s.next)})
 			}
-			continue
+			h.stats.Delivered.Add(uint64(len(out) - n))
+			if !s.waiting {
+				s.waiting = true
+				t.waiters = append(t.waiters, s)
+			}
+			t.mu.Unlock()
+			return out, nil
 		}
-		s.marker = mk
-		head = append(head, item{sub: s, mk: mk})
+		t.mu.Unlock()
+
+		ev, err := h.snapshotEvent(ctx, t.id, *mk)
+		switch {
+		case err == nil:
+			out = append(out, Item{Event: ev})
+			h.stats.Snapshots.Add(1)
+			continue
+		case errors.Is(err, ErrNotFound):
+			c.endSubscription(s)
+			return append(out, Item{Topology: t.id, Err: ErrNotFound}), nil
+		}
+		// Put the snapshot back, folding in whatever was logged meanwhile,
+		// and retry it later.
+		t.mu.Lock()
+		if s.active {
+			if s.marker == nil {
+				s.marker = mk
+			}
+			s.marker.seq = max(s.marker.seq, mk.seq, t.last)
+			s.marker.resync = s.marker.resync && mk.resync
+			s.next = t.end
+			c.mu.Lock()
+			c.stallLocked(s)
+			c.mu.Unlock()
+		}
+		t.mu.Unlock()
+		return out, fmt.Errorf("%w: %s: %v", ErrSnapshotUnavailable, t.id, err)
 	}
-	c.queue = append(head, c.queue...)
+	// A gap arrived while the snapshot was read: come back for it.
+	c.mu.Lock()
+	c.pendLocked(s)
+	c.mu.Unlock()
+	c.signal()
+	return out, nil
+}
+
+// stallLocked parks s until the retry timer. Lock should be held for c.
+func (c *Client) stallLocked(s *subscription) {
+	if s.stalled || c.closed {
+		return
+	}
+	s.stalled = true
+	c.stalled = append(c.stalled, s)
+	if c.retry == nil {
+		c.retry = time.AfterFunc(c.hub.cfg.SnapshotRetry, c.unstall)
+	} else if len(c.stalled) == 1 {
+		c.retry.Reset(c.hub.cfg.SnapshotRetry)
+	}
+}
+
+// unstall re-pends the stalled subscriptions.
+func (c *Client) unstall() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	for _, s := range c.stalled {
+		s.stalled = false
+		if s.active {
+			c.pendLocked(s)
+		}
+	}
+	clear(c.stalled)
+	c.stalled = c.stalled[:0]
+	c.mu.Unlock()
+	c.signal()
 }
 
 // snapshotEvent reads the topology's snapshot as an event for mk.
@@ -531,12 +632,15 @@ func (c *Client) Close() {
 	for _, s := range c.subs {
 		subs = append(subs, s)
 	}
+	if c.retry != nil {
+		c.retry.Stop()
+	}
 	c.mu.Unlock()
 	for _, s := range subs {
 		c.endSubscription(s)
 	}
 	c.mu.Lock()
-	c.queue, c.spare = nil, nil
+	c.raws, c.pending, c.spare, c.stalled = nil, nil, nil, nil
 	c.mu.Unlock()
 	h := c.hub
 	h.clientsMu.Lock()

@@ -26,7 +26,7 @@ func newFixture(t *testing.T, mod func(*Config)) *fixture {
 	t.Helper()
 	f := &fixture{snaps: NewMemorySnapshots()}
 	f.now.Store(testNow.UnixNano())
-	cfg := Config{Snapshots: f.snaps, Now: func() time.Time { return time.Unix(0, f.now.Load()) }}
+	cfg := Config{Snapshots: f.snaps, SnapshotRetry: 10 * time.Millisecond, Now: func() time.Time { return time.Unix(0, f.now.Load()) }}
 	if mod != nil {
 		mod(&cfg)
 	}
@@ -114,11 +114,11 @@ func TestSubscribeSnapshotThenEvents(t *testing.T) {
 	c := f.h.NewClient("u")
 	defer c.Close()
 	f.publish(t, "T", 0) // before the subscription: not delivered
-	if err := c.Subscribe("T", "", []byte("ack")); err != nil {
+	if err := c.Subscribe(context.Background(), "T", "", []byte("ack")); err != nil {
 		t.Fatal(err)
 	}
-	// Published after Subscribe but before the snapshot is read: queued
-	// behind it, never lost.
+	// Published after Subscribe, before the writer pops: after the
+	// snapshot, never lost.
 	f.publish(t, "T", 1)
 	f.publish(t, "U", 9)
 	f.publish(t, "T", 2)
@@ -134,7 +134,7 @@ func TestSubscribeSnapshotThenEvents(t *testing.T) {
 	if string(snap.Data) != `{"topology_id":"T","status":"active","in_flight":[]}` {
 		t.Errorf("snapshot data %s", snap.Data)
 	}
-	if err := c.Subscribe("T", "", []byte("ack2")); err != nil {
+	if err := c.Subscribe(context.Background(), "T", "", []byte("ack2")); err != nil {
 		t.Fatal(err)
 	}
 	expect(t, pop(t, c), "raw:ack2")
@@ -147,7 +147,7 @@ func TestEventSharedAcrossClients(t *testing.T) {
 	defer a.Close()
 	defer b.Close()
 	for _, c := range []*Client{a, b} {
-		if err := c.Subscribe("T", "", nil); err != nil {
+		if err := c.Subscribe(context.Background(), "T", "", nil); err != nil {
 			t.Fatal(err)
 		}
 		pop(t, c)
@@ -165,10 +165,10 @@ func TestOverflowResyncsOnlyTheSlowClient(t *testing.T) {
 	defer slow.Close()
 	defer fast.Close()
 	for _, c := range []*Client{slow, fast} {
-		if err := c.Subscribe("T", "", nil); err != nil {
+		if err := c.Subscribe(context.Background(), "T", "", nil); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.Subscribe("U", "", nil); err != nil {
+		if err := c.Subscribe(context.Background(), "U", "", nil); err != nil {
 			t.Fatal(err)
 		}
 		expect(t, pop(t, c), "T:snapshot U:snapshot")
@@ -195,27 +195,61 @@ func TestOverflowResyncsOnlyTheSlowClient(t *testing.T) {
 	}
 }
 
-func TestQueueStaysBounded(t *testing.T) {
-	f := newFixture(t, func(c *Config) { c.QueueSize = 8 })
+func TestLogStaysBoundedAndSlowReaderGetsOneSnapshot(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.QueueSize = 8; c.HistorySize = 16 })
 	c := f.h.NewClient("slow")
 	defer c.Close()
-	_ = c.Subscribe("T", "", nil)
+	_ = c.Subscribe(context.Background(), "T", "", nil)
 	for i := range 10000 {
 		f.publish(t, "T", i)
 	}
-	c.mu.Lock()
-	n := len(c.queue)
-	c.mu.Unlock()
-	if n > 8+1 {
-		t.Fatalf("queue holds %d entries, bound is 8 events + 1 snapshot", n)
+	tp := f.h.lockTopology("T")
+	held := tp.hist.len()
+	tp.mu.Unlock()
+	if held > 16 {
+		t.Fatalf("log holds %d events, bound is 16", held)
 	}
+	// The first snapshot, never popped, is replaced by a current one: still
+	// the first, so not a resync.
+	items := pop(t, c)
+	expect(t, items, "T:snapshot")
+	if want := f.h.seq.Load(); items[0].Event.Seq != want {
+		t.Errorf("snapshot reflects %d, want the newest event %d", items[0].Event.Seq, want)
+	}
+	f.publish(t, "T", 1)
+	expect(t, pop(t, c), "T:1")
+}
+
+func TestLaggingReaderResyncedByAge(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.MaxLag = time.Second })
+	slow, fast := f.h.NewClient("slow"), f.h.NewClient("fast")
+	defer slow.Close()
+	defer fast.Close()
+	for _, c := range []*Client{slow, fast} {
+		_ = c.Subscribe(context.Background(), "T", "", nil)
+		pop(t, c)
+	}
+	f.publish(t, "T", 1)
+	expect(t, pop(t, fast), "T:1")
+	f.advance(500 * time.Millisecond)
+	f.publish(t, "T", 2)
+	expect(t, pop(t, fast), "T:2")
+	f.advance(700 * time.Millisecond)
+	// T:1 is now 1.2s old: the slow reader skips to a resync snapshot.
+	items := pop(t, slow)
+	expect(t, items, "T:snapshot(resync)")
+	if n := f.h.Stats().Overflows.Load(); n != 1 {
+		t.Errorf("overflows = %d, want 1", n)
+	}
+	f.publish(t, "T", 3)
+	expect(t, pop(t, slow), "T:3")
 }
 
 func TestResumeFromCursor(t *testing.T) {
 	f := newFixture(t, func(c *Config) { c.HistorySize = 5 })
 	a := f.h.NewClient("a")
 	defer a.Close()
-	_ = a.Subscribe("T", "", nil)
+	_ = a.Subscribe(context.Background(), "T", "", nil)
 	pop(t, a)
 	for i := 1; i <= 3; i++ {
 		f.publish(t, "T", i)
@@ -227,7 +261,7 @@ func TestResumeFromCursor(t *testing.T) {
 	resume := func(since string) *Client {
 		c := f.h.NewClient("b")
 		t.Cleanup(c.Close)
-		if err := c.Subscribe("T", since, nil); err != nil {
+		if err := c.Subscribe(context.Background(), "T", since, nil); err != nil {
 			t.Fatal(err)
 		}
 		return c
@@ -240,14 +274,15 @@ func TestResumeFromCursor(t *testing.T) {
 	}
 
 	// Beyond the history size: resync.
+	items = nil
 	for i := 4; i <= 10; i++ {
 		f.publish(t, "T", i)
+		items = append(items, pop(t, a)...)
 	}
 	expect(t, pop(t, resume(c1)), "T:snapshot(resync)")
 	expect(t, pop(t, resume(last)), "T:snapshot(resync)")
 
 	// Beyond the history age: resync.
-	items = pop(t, a)
 	mid := items[len(items)-2].Event.Cursor
 	expect(t, pop(t, resume(mid)), "T:10")
 	f.advance(6 * time.Minute)
@@ -258,7 +293,7 @@ func TestResumeOfUnknownTopologyUsesHubSequence(t *testing.T) {
 	f := newFixture(t, nil)
 	a := f.h.NewClient("a")
 	defer a.Close()
-	_ = a.Subscribe("T", "", nil)
+	_ = a.Subscribe(context.Background(), "T", "", nil)
 	pop(t, a)
 	f.publish(t, "T", 1)
 	f.publish(t, "T", 2)
@@ -266,13 +301,13 @@ func TestResumeOfUnknownTopologyUsesHubSequence(t *testing.T) {
 	// resuming from it later replays V's events.
 	b := f.h.NewClient("b")
 	defer b.Close()
-	_ = b.Subscribe("V", "", nil)
+	_ = b.Subscribe(context.Background(), "V", "", nil)
 	snap := pop(t, b)[0].Event
 	b.Close()
 	f.publish(t, "V", 7)
 	c := f.h.NewClient("c")
 	defer c.Close()
-	_ = c.Subscribe("V", snap.Cursor, nil)
+	_ = c.Subscribe(context.Background(), "V", snap.Cursor, nil)
 	expect(t, pop(t, c), "V:7")
 }
 
@@ -281,9 +316,9 @@ func TestBusGapResyncsEverySubscription(t *testing.T) {
 	a, b := f.h.NewClient("a"), f.h.NewClient("b")
 	defer a.Close()
 	defer b.Close()
-	_ = a.Subscribe("T", "", nil)
-	_ = a.Subscribe("U", "", nil)
-	_ = b.Subscribe("T", "", nil)
+	_ = a.Subscribe(context.Background(), "T", "", nil)
+	_ = a.Subscribe(context.Background(), "U", "", nil)
+	_ = b.Subscribe(context.Background(), "T", "", nil)
 	pop(t, a)
 	pop(t, b)
 	f.publish(t, "T", 1)
@@ -304,11 +339,11 @@ func TestBusGapResyncsEverySubscription(t *testing.T) {
 	f.publish(t, "T", 2)
 	c := f.h.NewClient("c")
 	defer c.Close()
-	_ = c.Subscribe("T", before, nil)
+	_ = c.Subscribe(context.Background(), "T", before, nil)
 	expect(t, pop(t, c), "T:snapshot(resync)")
 	d := f.h.NewClient("d")
 	defer d.Close()
-	_ = d.Subscribe("T", after, nil)
+	_ = d.Subscribe(context.Background(), "T", after, nil)
 	expect(t, pop(t, d), "T:2")
 }
 
@@ -316,14 +351,14 @@ func TestUnsubscribeDropsQueuedEventsAndAcks(t *testing.T) {
 	f := newFixture(t, nil)
 	c := f.h.NewClient("a")
 	defer c.Close()
-	_ = c.Subscribe("T", "", nil)
-	_ = c.Subscribe("U", "", nil)
+	_ = c.Subscribe(context.Background(), "T", "", nil)
+	_ = c.Subscribe(context.Background(), "U", "", nil)
 	pop(t, c)
 	f.publish(t, "T", 1)
 	f.publish(t, "U", 2)
 	c.Unsubscribe("T", []byte("unsub"))
 	f.publish(t, "T", 3)
-	expect(t, pop(t, c), "U:2 raw:unsub")
+	expect(t, pop(t, c), "raw:unsub U:2") // replies first, then events
 	popNone(t, c)
 	if c.Subscriptions() != 1 {
 		t.Errorf("subscriptions %d, want 1", c.Subscriptions())
@@ -332,31 +367,43 @@ func TestUnsubscribeDropsQueuedEventsAndAcks(t *testing.T) {
 	expect(t, pop(t, c), "raw:unsub2")
 }
 
-func TestSnapshotNotFoundEndsSubscription(t *testing.T) {
+func TestSubscribeNotFound(t *testing.T) {
 	f := newFixture(t, nil)
 	c := f.h.NewClient("a")
 	defer c.Close()
-	_ = c.Subscribe("gone", "", nil)
-	items := pop(t, c)
-	if len(items) != 1 || !errors.Is(items[0].Err, ErrNotFound) || items[0].Topology != "gone" {
-		t.Fatalf("got %s", describe(items))
+	if err := c.Subscribe(context.Background(), "gone", "", []byte("ack")); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("err = %v, want ErrNotFound", err)
 	}
+	popNone(t, c)
 	if c.Subscriptions() != 0 {
 		t.Error("subscription kept after not found")
 	}
+	f.snaps.SetErr(errors.New("redis down"))
+	if err := c.Subscribe(context.Background(), "T", "", []byte("ack")); err == nil || errors.Is(err, ErrNotFound) {
+		t.Fatalf("err = %v, want the source's error", err)
+	}
+	popNone(t, c)
+	if c.Subscriptions() != 0 {
+		t.Error("subscription kept after a failed read")
+	}
 }
 
-func TestEventsAfterNotFoundAreDropped(t *testing.T) {
+func TestResyncOfDeletedTopologyEndsSubscription(t *testing.T) {
 	f := newFixture(t, nil)
 	f.snaps.Set("gone", "active")
 	c := f.h.NewClient("a")
 	defer c.Close()
-	_ = c.Subscribe("gone", "", nil)
+	_ = c.Subscribe(context.Background(), "gone", "", nil)
+	pop(t, c)
 	f.snaps.Delete("gone")
-	f.publish(t, "gone", 1) // queued behind the snapshot in the same batch
+	f.h.BusGap()
+	f.publish(t, "gone", 1) // logged after the resync it waits behind
 	items := pop(t, c)
 	if got := describe(items); got != "err:gone" {
 		t.Fatalf("got %s: events followed the end of the subscription", got)
+	}
+	if c.Subscriptions() != 0 {
+		t.Error("subscription kept after not found")
 	}
 }
 
@@ -364,15 +411,15 @@ func TestFirstSnapshotStaysPlainAcrossOutageAndGap(t *testing.T) {
 	f := newFixture(t, nil)
 	c := f.h.NewClient("a")
 	defer c.Close()
+	_ = c.Subscribe(context.Background(), "T", "", nil)
 	f.snaps.SetErr(errors.New("redis down"))
-	_ = c.Subscribe("T", "", nil)
+	f.h.BusGap() // a resync replaces the first snapshot before it is popped
 	<-c.Ready()
 	if _, err := c.Pop(context.Background(), nil); !errors.Is(err, ErrSnapshotUnavailable) {
 		t.Fatalf("err = %v", err)
 	}
-	f.h.BusGap() // queues a resync while the first snapshot waits
 	f.snaps.SetErr(nil)
-	expect(t, pop(t, c), "T:snapshot")
+	expect(t, pop(t, c), "T:snapshot") // retried by the hub after SnapshotRetry
 }
 
 func TestRepliesBounded(t *testing.T) {
@@ -405,45 +452,51 @@ func TestRepliesBounded(t *testing.T) {
 }
 
 func TestSnapshotOutageKeepsOrder(t *testing.T) {
-	f := newFixture(t, nil)
+	f := newFixture(t, func(c *Config) { c.QueueSize = 2 })
 	c := f.h.NewClient("a")
 	defer c.Close()
-	_ = c.Subscribe("U", "", nil)
+	_ = c.Subscribe(context.Background(), "U", "", nil)
+	_ = c.Subscribe(context.Background(), "T", "", nil)
 	pop(t, c)
 	f.snaps.SetErr(errors.New("redis down"))
-	_ = c.Subscribe("T", "", nil)
-	f.publish(t, "T", 1)
-	f.publish(t, "U", 2)
+	for i := 1; i <= 3; i++ { // T overflows: it needs a resync
+		f.publish(t, "T", i)
+	}
+	f.publish(t, "U", 4)
 	<-c.Ready()
 	items, err := c.Pop(context.Background(), nil)
 	if !errors.Is(err, ErrSnapshotUnavailable) {
 		t.Fatalf("err = %v", err)
 	}
-	// U flows; T's event waits behind its snapshot.
-	expect(t, items, "U:2")
-	f.publish(t, "T", 3)
+	// U flows; T waits for its snapshot, and events logged meanwhile are
+	// folded into it.
+	expect(t, items, "U:4")
+	f.publish(t, "T", 5)
+	folded := f.h.seq.Load()
 	f.snaps.SetErr(nil)
 	items = pop(t, c)
-	expect(t, items, "T:snapshot T:3")
-	if items[0].Event.Seq != 1 { // T:1, the folded event, had seq 1
-		t.Errorf("snapshot seq %d does not cover the folded event", items[0].Event.Seq)
+	expect(t, items, "T:snapshot(resync)")
+	if items[0].Event.Seq != folded {
+		t.Errorf("snapshot seq %d does not cover the events logged before its read (%d)", items[0].Event.Seq, folded)
 	}
+	f.publish(t, "T", 6)
+	expect(t, pop(t, c), "T:6")
 }
 
 func TestTooManySubscriptions(t *testing.T) {
 	f := newFixture(t, func(c *Config) { c.MaxSubscriptions = 2 })
 	c := f.h.NewClient("a")
 	defer c.Close()
-	if err := c.Subscribe("T", "", nil); err != nil {
+	if err := c.Subscribe(context.Background(), "T", "", nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Subscribe("U", "", nil); err != nil {
+	if err := c.Subscribe(context.Background(), "U", "", nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Subscribe("V", "", nil); !errors.Is(err, ErrTooManySubscriptions) {
+	if err := c.Subscribe(context.Background(), "V", "", nil); !errors.Is(err, ErrTooManySubscriptions) {
 		t.Fatalf("third subscribe: %v", err)
 	}
-	if err := c.Subscribe("a.b", "", nil); !errors.Is(err, ErrInvalidTopology) {
+	if err := c.Subscribe(context.Background(), "a.b", "", nil); !errors.Is(err, ErrInvalidTopology) {
 		t.Fatalf("invalid id: %v", err)
 	}
 }
@@ -451,7 +504,7 @@ func TestTooManySubscriptions(t *testing.T) {
 func TestCloseUnregisters(t *testing.T) {
 	f := newFixture(t, nil)
 	c := f.h.NewClient("a")
-	_ = c.Subscribe("T", "", nil)
+	_ = c.Subscribe(context.Background(), "T", "", nil)
 	if f.h.Clients() != 1 {
 		t.Fatal("client not registered")
 	}
@@ -465,14 +518,14 @@ func TestCloseUnregisters(t *testing.T) {
 	default:
 		t.Fatal("Done not closed")
 	}
-	if err := c.Subscribe("T", "", nil); !errors.Is(err, ErrClientClosed) {
+	if err := c.Subscribe(context.Background(), "T", "", nil); !errors.Is(err, ErrClientClosed) {
 		t.Fatalf("subscribe after close: %v", err)
 	}
 	f.publish(t, "T", 1) // no subscriber left; must not panic
 	f.advance(10 * time.Minute)
 	f.h.Sweep()
 	for i := range f.h.shards {
-		if n := len(f.h.shards[i].topics); n != 0 {
+		if n := len(f.h.shards[i].topologies); n != 0 {
 			t.Fatalf("sweep left %d topologies", n)
 		}
 	}
@@ -513,7 +566,7 @@ func TestConcurrentDelivery(t *testing.T) {
 					c.Unsubscribe(id, nil)
 					delete(last, id)
 				} else {
-					_ = c.Subscribe(id, "", nil)
+					_ = c.Subscribe(context.Background(), id, "", nil)
 				}
 				items, _ := c.Pop(ctx, nil)
 				for _, it := range items {

@@ -20,9 +20,19 @@ type Config struct {
 	Families []Family
 	// Snapshots answers existence and snapshot reads. Required.
 	Snapshots SnapshotSource
-	// QueueSize bounds each client's queued events per topology; on
-	// overflow they are replaced by one resync snapshot. Zero value means 256.
+	// QueueSize bounds how far (in events) a subscriber may fall behind
+	// its topology's log; further behind, the events it missed are
+	// replaced by one resync snapshot. Zero value means 256.
 	QueueSize int
+	// MaxLag bounds how long ago the next event a subscriber is given may
+	// have been received; an older one is replaced, with everything after
+	// it, by one resync snapshot, so an overloaded hub stays current
+	// rather than lagging without bound. Zero value means 1s; negative
+	// means no age bound.
+	MaxLag time.Duration
+	// SnapshotRetry is how long a subscription waits before reading a
+	// resync snapshot again after the source failed. Zero value means 1s.
+	SnapshotRetry time.Duration
 	// MaxSubscriptions bounds the topologies one client may subscribe to.
 	// Zero value means 100.
 	MaxSubscriptions int
@@ -83,8 +93,8 @@ type Hub struct {
 }
 
 type shard struct {
-	mu     sync.Mutex
-	topics map[string]*topology
+	mu         sync.Mutex
+	topologies map[string]*topology
 }
 
 // New builds a hub. It fails when no snapshot source is given.
@@ -103,6 +113,12 @@ func New(cfg Config) (*Hub, error) {
 	}
 	if cfg.HistorySize <= 0 {
 		cfg.HistorySize = 512
+	}
+	if cfg.MaxLag == 0 {
+		cfg.MaxLag = time.Second
+	}
+	if cfg.SnapshotRetry <= 0 {
+		cfg.SnapshotRetry = time.Second
 	}
 	if cfg.MaxReplyBytes <= 0 {
 		cfg.MaxReplyBytes = 256 << 10
@@ -131,7 +147,7 @@ func New(cfg Config) (*Hub, error) {
 	h.epochStr = strconv.FormatInt(h.epoch, 10)
 	h.snapshots = snapshotReads{src: cfg.Snapshots, seq: &h.seq, stats: &h.stats, flights: map[string]*snapshotFlight{}}
 	for i := range h.shards {
-		h.shards[i].topics = map[string]*topology{}
+		h.shards[i].topologies = map[string]*topology{}
 	}
 	return h, nil
 }
@@ -160,31 +176,40 @@ func (h *Hub) shardFor(id string) *shard {
 	return &h.shards[maphash.String(h.seed, id)%numShards]
 }
 
-// topicFor returns the topic state of id, creating it when create is set.
-// The returned topic may be evicted concurrently: callers lock it and check
+// topologyFor returns the state of topology id, creating it. The
+// returned state may be evicted concurrently: callers lock it and check
 // dead, retrying on a dead one.
-func (h *Hub) topicFor(id string, create bool) *topology {
+func (h *Hub) topologyFor(id string) *topology {
 	sh := h.shardFor(id)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	t := sh.topics[id]
-	if t == nil && create {
+	t := sh.topologies[id]
+	if t == nil {
 		t = newTopology(id, h.seq.Load(), h.cfg.HistorySize, h.cfg.HistoryBytes)
-		sh.topics[id] = t
+		sh.topologies[id] = t
 	}
 	return t
 }
 
-// lockTopic returns the live topic state of id, locked.
-func (h *Hub) lockTopic(id string) *topology {
+// lockTopology returns the live state of topology id, locked.
+func (h *Hub) lockTopology(id string) *topology {
 	for {
-		t := h.topicFor(id, true)
+		t := h.topologyFor(id)
 		t.mu.Lock()
 		if !t.dead {
 			return t
 		}
 		t.mu.Unlock()
 	}
+}
+
+// lagCutoff is the receive time before which an undelivered event is too
+// old to deliver (zero: no age bound).
+func (h *Hub) lagCutoff() time.Time {
+	if h.cfg.MaxLag < 0 {
+		return time.Time{}
+	}
+	return h.cfg.Now().Add(-h.cfg.MaxLag)
 }
 
 func (h *Hub) cursor(seq uint64) string {
@@ -217,11 +242,13 @@ func (h *Hub) HandleMessage(channel string, body []byte) error {
 	return nil
 }
 
-// Publish assigns the event its cursor, records it in the topology's
-// history and queues it for every subscriber of the topology.
+// Publish assigns the event its cursor and appends it to the topology's
+// log, then wakes the subscribers that had read everything before it.
+// Its cost does not grow with subscribers that are still reading: they
+// find the event in the log at their own pace, so the bus reader never
+// waits for delivery.
 func (h *Hub) Publish(ev *Event) {
-	t := h.lockTopic(ev.Topology)
-	defer t.mu.Unlock()
+	t := h.lockTopology(ev.Topology)
 	seq := h.seq.Add(1)
 	ev.Seq = seq
 	ev.Cursor = h.cursor(seq)
@@ -229,11 +256,23 @@ func (h *Hub) Publish(ev *Event) {
 		ev.received = h.cfg.Now()
 	}
 	t.record(ev)
-	for _, s := range t.subs {
-		s.client.enqueue(s, ev)
-	}
+	waiters := t.takeWaiters()
+	t.mu.Unlock()
 	h.stats.Published.Add(1)
-	h.stats.Delivered.Add(uint64(len(t.subs)))
+	if len(waiters) == 0 {
+		t.mu.Lock()
+		t.returnWaiters(waiters)
+		t.mu.Unlock()
+		return
+	}
+	// Woken outside the topology's lock, so that readers of the log are
+	// not held up meanwhile; pending marks are idempotent.
+	for _, s := range waiters {
+		s.client.wake(s)
+	}
+	t.mu.Lock()
+	t.returnWaiters(waiters)
+	t.mu.Unlock()
 }
 
 // BusGap tells the hub that the bus subscription was lost and is back:
@@ -245,18 +284,19 @@ func (h *Hub) BusGap() {
 	for i := range h.shards {
 		sh := &h.shards[i]
 		sh.mu.Lock()
-		topics := make([]*topology, 0, len(sh.topics))
-		for _, t := range sh.topics {
-			topics = append(topics, t)
+		topologies := make([]*topology, 0, len(sh.topologies))
+		for _, t := range sh.topologies {
+			topologies = append(topologies, t)
 		}
 		sh.mu.Unlock()
-		for _, t := range topics {
+		for _, t := range topologies {
 			t.mu.Lock()
 			if !t.dead {
 				gap := h.seq.Add(1)
 				t.cut(gap)
 				for _, s := range t.subs {
-					s.client.resync(s, gap)
+					s.resyncLocked(gap, &h.stats)
+					s.client.wake(s)
 				}
 			}
 			t.mu.Unlock()
@@ -271,12 +311,12 @@ func (h *Hub) Sweep() {
 	for i := range h.shards {
 		sh := &h.shards[i]
 		sh.mu.Lock()
-		for id, t := range sh.topics {
+		for id, t := range sh.topologies {
 			t.mu.Lock()
 			t.expire(cutoff)
 			if len(t.subs) == 0 && t.hist.len() == 0 {
 				t.dead = true
-				delete(sh.topics, id)
+				delete(sh.topologies, id)
 			}
 			t.mu.Unlock()
 		}
@@ -324,8 +364,10 @@ func (h *Hub) ForEachClient(fn func(*Client)) {
 type Stats struct {
 	Received  atomic.Uint64 // bus messages handed to the hub
 	Published atomic.Uint64 // events routed to a topology
-	Delivered atomic.Uint64 // event deliveries queued to clients
-	Resyncs   atomic.Uint64 // resync snapshots queued (overflow or gap)
+	Delivered atomic.Uint64 // events handed to client transports
+	Snapshots atomic.Uint64 // snapshots handed to client transports
+	Resyncs   atomic.Uint64 // resync snapshots queued (overflow, lag, gap or stale cursor)
+	Overflows atomic.Uint64 // subscribers found too far behind the log
 	BusGaps   atomic.Uint64 // bus subscription gaps
 
 	SnapshotReads   atomic.Uint64 // snapshot reads from the source

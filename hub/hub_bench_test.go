@@ -46,7 +46,7 @@ func BenchmarkFanout(b *testing.B) {
 			clients := make([]*Client, n)
 			for i := range clients {
 				clients[i] = h.NewClient("u")
-				_ = clients[i].Subscribe("T", "", nil)
+				_ = clients[i].Subscribe(context.Background(), "T", "", nil)
 			}
 			ctx := context.Background()
 			buf := make([]Item, 0, 256)
@@ -98,9 +98,9 @@ func BenchmarkIdleClientMemory(b *testing.B) {
 		clients := make([]*Client, n)
 		for i := range clients {
 			clients[i] = h.NewClient("u")
-			_ = clients[i].Subscribe(fmt.Sprint("T", i%100), "", nil)
+			_ = clients[i].Subscribe(context.Background(), fmt.Sprint("T", i%100), "", nil)
 			_, _ = clients[i].Pop(context.Background(), nil) // the snapshot is not found: subscription ends
-			_ = clients[i].Subscribe(fmt.Sprint("T", i%100), "", nil)
+			_ = clients[i].Subscribe(context.Background(), fmt.Sprint("T", i%100), "", nil)
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)

@@ -99,7 +99,7 @@ func TestBusGapSnapshotsAreShared(t *testing.T) {
 	for i := range clients {
 		clients[i] = h.NewClient("u")
 		defer clients[i].Close()
-		_ = clients[i].Subscribe("T", "", nil)
+		_ = clients[i].Subscribe(context.Background(), "T", "", nil)
 		pop(t, clients[i])
 	}
 	before := src.calls.Load()

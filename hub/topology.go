@@ -6,7 +6,9 @@ import (
 )
 
 // topology is the hub's state for one topology id: its subscribers and
-// its recent history. All fields are guarded by mu.
+// its log, which is both the delivery queue every subscriber reads at its
+// own cursor and the history a resume replays. All fields are guarded by
+// mu.
 type topology struct {
 	id string
 	mu sync.Mutex
@@ -14,6 +16,14 @@ type topology struct {
 	// stale pointer must look the id up again.
 	dead bool
 	subs []*subscription
+	// waiters are the subscriptions that had read everything: the next
+	// event wakes them, and only them (entries whose waiting flag is off
+	// are stale and skipped).
+	waiters, spareWaiters []*subscription
+	// end is the log position after the newest event: positions count
+	// this topology's events since it was created, and hist holds the
+	// last hist.len() of them.
+	end uint64
 	// last is the cursor sequence of the newest event (or gap) of this
 	// topology; a snapshot read now reflects at least it.
 	last uint64
@@ -35,6 +45,7 @@ func (t *topology) record(ev *Event) {
 	if old := t.hist.push(ev); old != nil {
 		t.forget(old)
 	}
+	t.end++
 	t.histBytes += len(ev.Data)
 	for t.histBytes > t.maxBytes && t.hist.len() > 1 {
 		t.forget(t.hist.popOldest())
@@ -64,18 +75,62 @@ func (t *topology) expire(cutoff time.Time) {
 	}
 }
 
-// since returns the events after seq, or ok=false when they are no longer
-// all held (or seq is not a position of this hub). Lock should be held.
-func (t *topology) since(seq, newest uint64) (evs []*Event, ok bool) {
-	if seq < t.floor || seq > newest {
-		return nil, false
+// oldestPosition is the log position of the oldest event held. Lock
+// should be held.
+func (t *topology) oldestPosition() uint64 { return t.end - uint64(t.hist.len()) }
+
+// at returns the event at log position pos, which must be held. Lock
+// should be held.
+func (t *topology) at(pos uint64) *Event { return t.hist.at(int(pos - t.oldestPosition())) }
+
+// behind reports whether a reader at pos has fallen too far behind to be
+// given the events: off the log, more than maxEvents behind, or its next
+// event received before cutoff (zero: no age bound). Lock should be held.
+func (t *topology) behind(pos uint64, maxEvents int, cutoff time.Time) bool {
+	if pos < t.oldestPosition() || t.end-pos > uint64(maxEvents) {
+		return true
 	}
-	t.hist.each(func(ev *Event) {
-		if ev.Seq > seq {
-			evs = append(evs, ev)
+	return !cutoff.IsZero() && t.at(pos).received.Before(cutoff)
+}
+
+// positionAfter returns the log position of the first event after cursor
+// sequence seq, or ok=false when the events after it are no longer all
+// held (or seq is not a position of this hub). Lock should be held.
+func (t *topology) positionAfter(seq, newest uint64) (pos uint64, ok bool) {
+	if seq < t.floor || seq > newest {
+		return 0, false
+	}
+	pos = t.end
+	for i := t.hist.len() - 1; i >= 0 && t.hist.at(i).Seq > seq; i-- {
+		pos--
+	}
+	return pos, true
+}
+
+// takeWaiters returns the waiting subscriptions and clears the list;
+// give the slice back with returnWaiters. Lock should be held.
+func (t *topology) takeWaiters() []*subscription {
+	ws := t.waiters
+	t.waiters, t.spareWaiters = t.spareWaiters[:0], nil
+	n := 0
+	for _, s := range ws {
+		if s.waiting && s.active {
+			s.waiting = false
+			ws[n] = s
+			n++
 		}
-	})
-	return evs, true
+	}
+	clear(ws[n:])
+	return ws[:n]
+}
+
+// returnWaiters keeps a slice from takeWaiters for reuse. Lock should be
+// held.
+func (t *topology) returnWaiters(ws []*subscription) {
+	if t.spareWaiters == nil && cap(ws) <= 4*len(t.subs)+64 {
+		clear(ws)
+		t.spareWaiters = ws[:0]
+	}
 }
 
 // addSub registers s. Lock should be held.
@@ -96,8 +151,22 @@ func (t *topology) removeSub(s *subscription) {
 	t.subs[last] = nil
 	t.subs = t.subs[:last]
 	s.index = -1
+	s.waiting = false
 	if len(t.subs) == 0 && cap(t.subs) > 64 {
 		t.subs = nil
+	}
+	// Stale waiters of a quiet topology are dropped here, so subscribe
+	// and unsubscribe churn cannot grow the list without bound.
+	if len(t.waiters) > 2*len(t.subs)+16 {
+		n := 0
+		for _, w := range t.waiters {
+			if w.waiting && w.active {
+				t.waiters[n] = w
+				n++
+			}
+		}
+		clear(t.waiters[n:])
+		t.waiters = t.waiters[:n]
 	}
 }
 
@@ -132,6 +201,9 @@ func (r *ring) grow() {
 	}
 	r.buf, r.head = buf, 0
 }
+
+// at returns the i-th oldest event held (0 is the oldest).
+func (r *ring) at(i int) *Event { return r.buf[(r.head+i)%len(r.buf)] }
 
 func (r *ring) oldest() *Event {
 	if r.n == 0 {

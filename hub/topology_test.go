@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -46,16 +47,21 @@ func TestHistoryBoundedInBytes(t *testing.T) {
 	f := newFixture(t, func(c *Config) { c.HistoryBytes = 4096 })
 	a := f.h.NewClient("a")
 	defer a.Close()
-	_ = a.Subscribe("T", "", nil)
+	_ = a.Subscribe(context.Background(), "T", "", nil)
 	first := pop(t, a)[0].Event.Cursor
 	big := strings.Repeat("x", 1000)
+	var items []Item
 	for i := range 10 {
 		if err := f.h.HandleMessage("topology.T.status", []byte(fmt.Sprintf(`{"n":%d,"pad":%q}`, i, big))); err != nil {
 			t.Fatal(err)
 		}
+		items = append(items, pop(t, a)...) // a reader that keeps up gets every event
 	}
-	items := pop(t, a)
-	tp := f.h.topicFor("T", false)
+	if len(items) != 10 {
+		t.Fatalf("reader got %s", describe(items))
+	}
+	tp := f.h.lockTopology("T")
+	tp.mu.Unlock()
 	tp.mu.Lock()
 	n, bytes := tp.hist.len(), tp.histBytes
 	tp.mu.Unlock()
@@ -65,11 +71,11 @@ func TestHistoryBoundedInBytes(t *testing.T) {
 	// A cursor whose successors were dropped resyncs; a recent one replays.
 	c := f.h.NewClient("c")
 	defer c.Close()
-	_ = c.Subscribe("T", first, nil)
+	_ = c.Subscribe(context.Background(), "T", first, nil)
 	expect(t, pop(t, c), "T:snapshot(resync)")
 	d := f.h.NewClient("d")
 	defer d.Close()
-	_ = d.Subscribe("T", items[len(items)-2].Event.Cursor, nil)
+	_ = d.Subscribe(context.Background(), "T", items[len(items)-2].Event.Cursor, nil)
 	expect(t, pop(t, d), "T:9")
 
 	// One event larger than the bound is still kept: the newest stays.
