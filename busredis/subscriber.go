@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,18 @@ type SubscriberConfig struct {
 	// MaxBackoff caps the wait between reconnect attempts. Zero value
 	// means 2s.
 	MaxBackoff time.Duration
+	// Publisher, when set, publishes a lag probe every LagInterval on a
+	// private channel of the first family through the ordinary client
+	// (never the subscription's connection); the time until the
+	// subscription reads it back is the bus lag (LastLag), which includes
+	// any backlog ahead of it in Redis and in the hub. Zero value means no
+	// probe.
+	Publisher redis.UniversalClient
+	// LagInterval is the probe interval. Zero value means 2s.
+	LagInterval time.Duration
+	// Instance names this hub in its probe channel, so that hubs sharing a
+	// Redis each read only their own probes. Zero value means a random id.
+	Instance string
 	// Logger. Zero value means slog.Default().
 	Logger *slog.Logger
 }
@@ -54,6 +67,10 @@ type Subscriber struct {
 	pats  []string
 	ready atomic.Bool
 	gaps  atomic.Uint64
+
+	probeChannel string
+	lag          atomic.Int64 // nanoseconds of the newest probe's round trip; -1 before one
+	probes       atomic.Uint64
 }
 
 // NewSubscriber prepares a subscription; Run makes it.
@@ -69,11 +86,69 @@ func NewSubscriber(opts *redis.Options, sink Sink, cfg SubscriberConfig) *Subscr
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.LagInterval <= 0 {
+		cfg.LagInterval = 2 * time.Second
+	}
+	if cfg.Instance == "" {
+		cfg.Instance = newInstanceID()
+	}
 	s := &Subscriber{opts: &o, sink: sink, cfg: cfg}
 	for _, f := range cfg.Families {
 		s.pats = append(s.pats, f.Pattern())
 	}
+	if len(cfg.Families) > 0 {
+		s.probeChannel = cfg.Families[0].Prefix + "." + ProbeToken + "." + cfg.Instance
+	}
+	s.lag.Store(-1)
 	return s
+}
+
+// ProbeToken is the second token of lag probe channels
+// (topology._topohub_probe.<instance>); no client can subscribe to it,
+// since no topology of that id exists, and the subscriber keeps the
+// probes from the hub.
+const ProbeToken = "_topohub_probe"
+
+// LastLag returns the round trip of the newest lag probe, and false
+// before the first one came back.
+func (s *Subscriber) LastLag() (time.Duration, bool) {
+	n := s.lag.Load()
+	return time.Duration(n), n >= 0
+}
+
+// Probes counts the lag probes read back.
+func (s *Subscriber) Probes() uint64 { return s.probes.Load() }
+
+// runProbes publishes a lag probe every interval until ctx ends.
+func (s *Subscriber) runProbes(ctx context.Context) {
+	tick := time.NewTicker(s.cfg.LagInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if !s.ready.Load() {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, s.cfg.LagInterval)
+		err := s.cfg.Publisher.Publish(pctx, s.probeChannel, strconv.FormatInt(time.Now().UnixNano(), 10)).Err()
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			s.cfg.Logger.Debug("lag probe not published", "err", err)
+		}
+	}
+}
+
+// readProbe records a probe's round trip.
+func (s *Subscriber) readProbe(body string) {
+	sent, err := strconv.ParseInt(body, 10, 64)
+	if err != nil {
+		return
+	}
+	s.lag.Store(max(0, time.Now().UnixNano()-sent))
+	s.probes.Add(1)
 }
 
 // Ready reports whether every pattern subscription is established.
@@ -89,6 +164,13 @@ func (s *Subscriber) Run(ctx context.Context) {
 	rdb := redis.NewClient(s.opts)
 	defer rdb.Close()
 	log := s.cfg.Logger
+	if s.cfg.Publisher != nil && s.probeChannel != "" {
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		pctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		wg.Go(func() { s.runProbes(pctx) })
+	}
 
 	var mu sync.Mutex // guards ps, which a reconnect replaces
 	ps := rdb.PSubscribe(ctx, s.pats...)
@@ -146,6 +228,10 @@ func (s *Subscriber) Run(ctx context.Context) {
 		pingOut = false
 		switch m := msg.(type) {
 		case *redis.Message:
+			if m.Channel == s.probeChannel {
+				s.readProbe(m.Payload)
+				continue
+			}
 			_ = s.sink.HandleMessage(m.Channel, []byte(m.Payload))
 		case *redis.Subscription:
 			if m.Kind == "psubscribe" && m.Count == len(s.pats) && !s.ready.Load() {

@@ -3,6 +3,8 @@ package busredis
 import (
 	"context"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -146,4 +148,41 @@ func TestSubscriberReconnectsFromASilentlyDeadConnection(t *testing.T) {
 	waitFor(t, 10*time.Second, "a new subscription after the dead one", func() bool { return s.gaps.Load() >= 2 && sub.Ready() })
 	pub.Publish(context.Background(), "topology.P.status", `{"n":2}`)
 	waitFor(t, 10*time.Second, "messages over the new connection", func() bool { return s.has(`topology.P.status {"n":2}`) })
+}
+
+func TestSubscriberMeasuresBusLagWithItsOwnProbes(t *testing.T) {
+	s := &sink{}
+	pub := pkgRedis.Client(t)
+	sub := NewSubscriber(pkgRedis.Options(), s, SubscriberConfig{
+		Families: hub.DefaultFamilies(), Publisher: pub, LagInterval: 20 * time.Millisecond, Instance: "lag-test", Logger: quietLog,
+	})
+	if _, ok := sub.LastLag(); ok {
+		t.Fatal("a lag before any probe")
+	}
+	// Another hub's probes on the same Redis reach this one as ordinary
+	// messages of the family (and are dropped by routing, not here).
+	other := "topology." + ProbeToken + ".other"
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { sub.Run(ctx) })
+	defer func() { cancel(); wg.Wait() }()
+	waitFor(t, 10*time.Second, "subscription", sub.Ready)
+	waitFor(t, 10*time.Second, "three probes read back", func() bool { return sub.Probes() >= 3 })
+	lag, ok := sub.LastLag()
+	if !ok || lag <= 0 || lag > 5*time.Second {
+		t.Fatalf("lag %v (ok %v), want a positive round trip", lag, ok)
+	}
+	pub.Publish(context.Background(), other, "1")
+	pub.Publish(context.Background(), "topology.P.status", `{"n":1}`)
+	waitFor(t, 10*time.Second, "a message after the probes", func() bool { return s.has(`topology.P.status {"n":1}`) })
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range s.msgs {
+		if strings.HasPrefix(m, "topology."+ProbeToken+".lag-test ") {
+			t.Fatalf("own probe reached the sink: %s", m)
+		}
+	}
+	if !slices.Contains(s.msgs, other+" 1") {
+		t.Fatalf("another hub's probe was swallowed: %v", s.msgs)
+	}
 }

@@ -1,6 +1,8 @@
 package handlers
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -12,21 +14,27 @@ import (
 type hubCollector struct {
 	hub                                              *hub.Hub
 	ready                                            func() bool
+	busLag                                           func() (time.Duration, bool)
+	lag, overflows, snapshots                        *prometheus.Desc
 	received, published, delivered, resyncs, busGaps *prometheus.Desc
 	dropped, clients, busUp                          *prometheus.Desc
 	snapReads, snapShared                            *prometheus.Desc
 }
 
-func newHubCollector(h *hub.Hub, ready func() bool) *hubCollector {
+func newHubCollector(h *hub.Hub, ready func() bool, busLag func() (time.Duration, bool)) *hubCollector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("topohub_"+name, help, labels, nil)
 	}
 	return &hubCollector{
 		hub:        h,
 		ready:      ready,
+		busLag:     busLag,
+		lag:        d("bus_lag_seconds", "Round trip of the newest bus lag probe: published through Redis, read back by the subscription."),
+		overflows:  d("subscriber_overflows_total", "Subscribers found too far behind their topology's log (events or age) and resynced."),
+		snapshots:  d("snapshots_sent_total", "Snapshots handed to client transports (first and resync)."),
 		received:   d("bus_messages_received_total", "Bus messages handed to the hub."),
 		published:  d("events_published_total", "Bus events routed to a topology."),
-		delivered:  d("event_deliveries_total", "Event deliveries queued to clients."),
+		delivered:  d("event_deliveries_total", "Events handed to client transports."),
 		resyncs:    d("resyncs_total", "Resync snapshots queued (queue overflow, bus gap or stale cursor)."),
 		busGaps:    d("bus_subscription_established_total", "Times the bus subscription was (re)established."),
 		dropped:    d("bus_messages_dropped_total", "Bus messages that reached no client, by reason.", "reason"),
@@ -38,7 +46,7 @@ func newHubCollector(h *hub.Hub, ready func() bool) *hubCollector {
 }
 
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.received, c.published, c.delivered, c.resyncs, c.busGaps, c.dropped, c.clients, c.busUp, c.snapReads, c.snapShared} {
+	for _, d := range []*prometheus.Desc{c.received, c.published, c.delivered, c.resyncs, c.busGaps, c.dropped, c.clients, c.busUp, c.snapReads, c.snapShared, c.lag, c.overflows, c.snapshots} {
 		ch <- d
 	}
 }
@@ -55,6 +63,13 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.busGaps, s.BusGaps.Load())
 	counter(c.snapReads, s.SnapshotReads.Load())
 	counter(c.snapShared, s.SnapshotsShared.Load())
+	counter(c.overflows, s.Overflows.Load())
+	counter(c.snapshots, s.Snapshots.Load())
+	if c.busLag != nil {
+		if lag, ok := c.busLag(); ok {
+			ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, lag.Seconds())
+		}
+	}
 	for _, r := range hub.DropReasons() {
 		counter(c.dropped, s.Dropped[r].Load(), r.String())
 	}
@@ -67,8 +82,8 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // newMetricsRegistry holds the hub's metrics and the Go runtime's.
-func newMetricsRegistry(h *hub.Hub, ready func() bool) *prometheus.Registry {
+func newMetricsRegistry(h *hub.Hub, ready func() bool, busLag func() (time.Duration, bool)) *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(newHubCollector(h, ready), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(newHubCollector(h, ready, busLag), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg
 }

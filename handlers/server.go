@@ -77,6 +77,10 @@ type Config struct {
 	// Ready reports whether the bus subscription is up, for /readyz.
 	// Zero value means always ready.
 	Ready func() bool
+	// BusLag reports the round trip of the newest bus lag probe, false
+	// before the first, for the topohub_bus_lag_seconds metric. Zero value
+	// means the metric is not exported.
+	BusLag func() (time.Duration, bool)
 	// Logger. Zero value means slog.Default().
 	Logger *slog.Logger
 }
@@ -153,7 +157,7 @@ func New(h *hub.Hub, cfg Config) (*Server, error) {
 	e.Use(gin.Recovery(), s.accessLog)
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
-	reg := newMetricsRegistry(h, cfg.Ready)
+	reg := newMetricsRegistry(h, cfg.Ready, cfg.BusLag)
 	e.GET("/metrics", gin.WrapH(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})))
 	api := e.Group(cfg.BasePath)
 	api.GET("/topologies/:id/events", s.handleSSE)
