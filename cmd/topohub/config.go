@@ -27,6 +27,8 @@ type config struct {
 	AllowQueryToken bool
 	KeyPrefix       string
 	QueueSize       int
+	MaxLag          time.Duration
+	PprofAddr       string
 	MaxSubs         int
 	Families        string
 	LogFormat       string
@@ -111,7 +113,9 @@ func flagDefs(c *config) []envFlag {
 		{"allowed-origins", "TOPOHUB_ALLOWED_ORIGINS", "", "WebSocket Origin allow-list (comma-separated; empty: same host only)", list(&c.AllowedOrigins)},
 		{"allow-query-token", "TOPOHUB_ALLOW_QUERY_TOKEN", "false", "accept a raw JWT in ?token= (legacy clients)", boolean(&c.AllowQueryToken)},
 		{"key-prefix", "TOPOHUB_KEY_PREFIX", "topohub:", "prefix of every Redis key", str(&c.KeyPrefix)},
-		{"queue-size", "TOPOHUB_QUEUE_SIZE", "256", "queued events per client and topology before a resync", num(&c.QueueSize)},
+		{"queue-size", "TOPOHUB_QUEUE_SIZE", "256", "events a subscriber may fall behind its topology before a resync", num(&c.QueueSize)},
+		{"max-lag", "TOPOHUB_MAX_LAG", "1s", "age of the oldest undelivered event past which a subscriber is resynced", dur(&c.MaxLag)},
+		{"pprof-addr", "TOPOHUB_PPROF_ADDR", "", "loopback address for net/http/pprof, e.g. 127.0.0.1:6060 (empty: off)", str(&c.PprofAddr)},
 		{"max-subscriptions", "TOPOHUB_MAX_SUBSCRIPTIONS", "100", "topologies per WebSocket connection", num(&c.MaxSubs)},
 		{"families", "TOPOHUB_FAMILIES", "topology=segment,decky=payload:topology_id", "topic families and their routing", str(&c.Families)},
 		{"ticket-rate", "TOPOHUB_TICKET_RATE", "1", "tickets one user may mint per second, sustained", float(&c.TicketRate)},

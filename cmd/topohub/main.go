@@ -79,14 +79,17 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		Families:         families,
 		Snapshots:        busredis.NewSnapshots(rdb, cfg.KeyPrefix),
 		QueueSize:        cfg.QueueSize,
+		MaxLag:           cfg.MaxLag,
 		MaxSubscriptions: cfg.MaxSubs,
 		Logger:           log,
 	})
 	if err != nil {
 		return err
 	}
-	sub := busredis.NewSubscriber(ropts, h, busredis.SubscriberConfig{Families: families, Logger: log})
 	limiter := busredis.NewLimiter(rdb, busredis.LimiterConfig{Max: cfg.MaxConnsPerUser, Prefix: cfg.KeyPrefix, Logger: log})
+	sub := busredis.NewSubscriber(ropts, h, busredis.SubscriberConfig{
+		Families: families, Publisher: rdb, Instance: limiter.InstanceID(), Logger: log,
+	})
 	var revocations hub.RevocationList
 	if cfg.RevokedSet != "" {
 		revocations = busredis.NewRevocations(rdb, cfg.RevokedSet)
@@ -112,12 +115,20 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		AllowedOrigins:   cfg.AllowedOrigins,
 		DisableWebSocket: cfg.DisableWS,
 		Ready:            sub.Ready,
+		BusLag:           sub.LastLag,
 		Logger:           log,
 	})
 	if err != nil {
 		return err
 	}
 
+	pprofSrv, err := startPprof(cfg.PprofAddr, log)
+	if err != nil {
+		return err
+	}
+	if pprofSrv != nil {
+		defer pprofSrv.Close()
+	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Addr, err)
