@@ -44,6 +44,7 @@ type options struct {
 	redisURL, prefix, ids       string
 	topologies                  int
 	rate, trafficRate, fail     float64
+	clientRate                  float64
 	duration, burstAt, settle   time.Duration
 	seed                        uint64
 	burst, clients              int
@@ -84,6 +85,7 @@ func parse(args []string, lookupEnv func(string) (string, bool), stderr io.Write
 	fs.StringVar(&o.role, "role", "viewer", "with --secret: the role claim")
 	fs.IntVar(&o.clients, "clients", 1, "with --check: clients per transport (each WebSocket follows every topology; SSE has one stream per topology)")
 	fs.StringVar(&o.transports, "transports", "ws,sse", "with --check: ws, sse or both")
+	fs.Float64Var(&o.clientRate, "client-rate", 0, "with --check: make every client a slow editor taking at most this many frames per second (0: as fast as it can)")
 	fs.DurationVar(&o.settle, "settle", 30*time.Second, "with --check: how long clients may take to catch up after the traffic")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -194,7 +196,7 @@ func (o *options) run(ctx context.Context, stdout, stderr io.Writer) error {
 			TokenTTL:   o.duration + o.settle + 10*time.Minute,
 			Topologies: s.Config().Topologies, Clients: o.clients,
 			WebSocket: strings.Contains(o.transports, "ws"), SSE: strings.Contains(o.transports, "sse"),
-			Redis: rdb, KeyPrefix: o.prefix, Settle: o.settle,
+			Redis: rdb, KeyPrefix: o.prefix, Settle: o.settle, ClientRate: o.clientRate,
 			Logger: slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		})
 		if err != nil {

@@ -100,10 +100,12 @@ func TestSoak(t *testing.T) {
 	code, rep, out := soak(t,
 		"--redis", pkgRedis.URL, "--prefix", prefix, "--ids", strings.Join(ids, ","),
 		"--duration", "20s", "--rate", "30", "--traffic-rate", "200", "--fail-share", "0.2",
-		// 8000 events to one topology at once: over 30 times the hub's
-		// default queue of 256 per subscription.
-		"--burst", "8000", "--burst-at", "8s",
-		"--check", "--hub", url, "--secret", testSecret, "--clients", "1", "--settle", "15s")
+		// 20000 events to one topology at once: over 75 times the hub's
+		// default queue of 256 per subscription. The clients take at most
+		// 5000 frames a second (a fast editor, but slower than the burst),
+		// so the overflow does not hinge on how fast this machine is.
+		"--burst", "20000", "--burst-at", "8s",
+		"--check", "--hub", url, "--secret", testSecret, "--clients", "1", "--client-rate", "5000", "--settle", "15s")
 	t.Logf("soak took %s:\n%s", time.Since(start).Round(time.Millisecond), out)
 	if code != exitOK || !rep.OK {
 		t.Fatalf("exit %d, report ok=%v: some client's state is not Redis's", code, rep.OK)

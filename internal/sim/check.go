@@ -22,6 +22,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
 )
 
 // MarkerEvent is the event name of the checker's sync markers, published
@@ -59,6 +60,10 @@ type CheckConfig struct {
 	// Redis holds the snapshot keys the clients are compared with.
 	Redis     redis.UniversalClient
 	KeyPrefix string
+	// ClientRate, when positive, makes every client a slow editor that
+	// takes at most that many frames per second (a busy browser tab):
+	// with a burst it makes the hub's queues overflow for certain.
+	ClientRate float64
 	// Settle bounds the wait for every client to catch up after the
 	// traffic. Zero means 30 s.
 	Settle time.Duration
@@ -119,6 +124,22 @@ type client struct {
 	nAnomalies int
 	fatal      string
 	lastErr    string // the last connection trouble, for a failed start
+	slow       *rate.Limiter
+}
+
+// pace holds a slow client back for n frames; false when it is closing.
+func (cl *client) pace(ctx context.Context, n int) bool {
+	if cl.slow == nil {
+		return true
+	}
+	for n > 0 {
+		k := min(n, cl.slow.Burst())
+		if cl.slow.WaitN(ctx, k) != nil {
+			return false
+		}
+		n -= k
+	}
+	return true
 }
 
 // view is one client's picture of one topology.
@@ -231,6 +252,9 @@ func StartChecker(ctx context.Context, cfg CheckConfig) (*Checker, error) {
 
 func (c *Checker) add(name, transport string, topos []string) {
 	cl := &client{c: c, name: name, transport: transport, topos: topos, views: map[string]*view{}}
+	if r := c.cfg.ClientRate; r > 0 {
+		cl.slow = rate.NewLimiter(rate.Limit(r), max(1, int(r/20)))
+	}
 	for _, id := range topos {
 		cl.views[id] = &view{}
 	}
@@ -656,6 +680,9 @@ func (cl *client) serveWS(ctx context.Context, conn *websocket.Conn) bool {
 			return got
 		}
 		got = true
+		if !cl.pace(ctx, bytes.Count(msg, []byte{'\n'})+1) {
+			return got
+		}
 		for len(msg) > 0 {
 			var line []byte
 			if i := bytes.IndexByte(msg, '\n'); i >= 0 {
@@ -784,6 +811,9 @@ func (cl *client) readSSE(id string, body io.Reader) bool {
 				got = true
 				if event == "error" {
 					cl.setFatal("sse error event: " + string(data))
+					return got
+				}
+				if !cl.pace(cl.c.ctx, 1) {
 					return got
 				}
 				cl.handle(id, event, cursor, data)

@@ -219,7 +219,7 @@ func TestSimulatorAgainstRedis(t *testing.T) {
 func TestMessagesFollowTheLifecycle(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig([]string{"T1", "T2"}, "p:")
-	cfg.Duration = 20 * time.Second
+	cfg.Duration = 8 * time.Second
 	g, err := NewGenerator(cfg)
 	if err != nil {
 		t.Fatal(err)
