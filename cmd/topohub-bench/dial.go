@@ -28,14 +28,14 @@ func newDialers(cfg *config) (*dialers, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--hub: %w", err)
 	}
-	d := &dialers{hub: u, addr: u.Host}
-	if u.Port() == "" {
-		port := "80"
+	port := u.Port()
+	if port == "" {
+		port = "80"
 		if u.Scheme == "https" {
 			port = "443"
 		}
-		d.addr = net.JoinHostPort(u.Hostname(), port)
 	}
+	d := &dialers{hub: u, addr: net.JoinHostPort(u.Hostname(), port)}
 	if u.Scheme == "https" {
 		d.tls = &tls.Config{ServerName: u.Hostname(), InsecureSkipVerify: cfg.Insecure, NextProtos: []string{"http/1.1"}}
 	}
@@ -47,7 +47,7 @@ func newDialers(cfg *config) (*dialers, error) {
 			d.source = append(d.source, a.IP.String())
 		}
 		if u.Hostname() == "localhost" {
-			d.addr = net.JoinHostPort("127.0.0.1", u.Port())
+			d.addr = net.JoinHostPort("127.0.0.1", port)
 		}
 	} else {
 		locals = []net.Addr{nil}

@@ -160,3 +160,27 @@ func TestHistogramQuantiles(t *testing.T) {
 		t.Errorf("negative latency not counted")
 	}
 }
+
+func TestDialers(t *testing.T) {
+	for _, tc := range []struct {
+		hub, addr string
+		sources   int
+	}{
+		{"http://127.0.0.1:8080", "127.0.0.1:8080", 3},
+		{"http://localhost", "127.0.0.1:80", 3},
+		{"https://hub.example.com", "hub.example.com:443", 0},
+		{"http://[::1]:8080", "[::1]:8080", 0},
+	} {
+		d, err := newDialers(&config{HubURL: tc.hub, SourceIPs: 3, ConnTO: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.addr != tc.addr || len(d.source) != tc.sources || len(d.raw) != max(1, tc.sources) {
+			t.Errorf("%s: dial %s from %v, want %s from %d addresses", tc.hub, d.addr, d.source, tc.addr, tc.sources)
+		}
+		if (d.tls != nil) != strings.HasPrefix(tc.hub, "https") {
+			t.Errorf("%s: tls %v", tc.hub, d.tls)
+		}
+		d.close()
+	}
+}
