@@ -247,3 +247,44 @@ func TestSetupFailures(t *testing.T) {
 		t.Error("a failed setup printed a report")
 	}
 }
+
+// cancelOn calls cancel once the text written to it contains marker.
+type cancelOn struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	marker string
+	cancel context.CancelFunc
+}
+
+func (c *cancelOn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.buf.Write(p)
+	if strings.Contains(c.buf.String(), c.marker) {
+		c.cancel()
+	}
+	return len(p), nil
+}
+
+// TestInterrupted: SIGINT (a cancelled context) in the middle of a long
+// publish phase still closes every client, reports, and returns promptly.
+func TestInterrupted(t *testing.T) {
+	h := startHub(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stderr := &cancelOn{marker: "msg=connected", cancel: cancel}
+	var stdout bytes.Buffer
+	start := time.Now()
+	err := run(ctx, []string{"--hub", h.url, "--redis", pkgRedis.URL, "--prefix", h.prefix, "--secret", testSecret,
+		"--ws", "5", "--sse", "2", "--topologies", "3", "--idle", "0s", "--duration", "60s", "--drain", "30s"}, &stdout, stderr)
+	if err == nil || !strings.Contains(err.Error(), "context canceled") {
+		t.Errorf("err = %v, want the cancellation", err)
+	}
+	if d := time.Since(start); d > 15*time.Second {
+		t.Errorf("run took %s after the interrupt", d)
+	}
+	var r report
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil || !r.Interrupted || r.ConnectedClients != 7 {
+		t.Errorf("report %v: %s", err, &stdout)
+	}
+}
