@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"net"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -31,6 +32,14 @@ var quiet = slog.New(slog.DiscardHandler)
 // wired as cmd/topohub wires it, on a real redis-server.
 func startHub(t *testing.T, prefix string) (url string, h *hub.Hub) {
 	t.Helper()
+	url, h, _ = startHubAt(t, prefix, "")
+	return url, h
+}
+
+// startHubAt is startHub on addr ("" for a free port); stop ends it
+// before the test does (idempotent).
+func startHubAt(t *testing.T, prefix, addr string) (url string, h *hub.Hub, stop func()) {
+	t.Helper()
 	rdb := pkgRedis.Client(t)
 	h, err := hub.New(hub.Config{Snapshots: busredis.NewSnapshots(rdb, prefix), Logger: quiet})
 	if err != nil {
@@ -47,20 +56,40 @@ func startHub(t *testing.T, prefix string) (url string, h *hub.Hub) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := httptest.NewServer(srv.Handler())
+	ts := httptest.NewUnstartedServer(srv.Handler())
+	if addr != "" {
+		ts.Listener.Close()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			l, err := net.Listen("tcp", addr)
+			if err == nil {
+				ts.Listener = l
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("listen %s: %v", addr, err)
+			}
+			time.Sleep(20 * time.Millisecond) // poll: the old listener's port is being released
+		}
+	}
+	ts.Start()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Go(func() { sub.Run(ctx) })
 	wg.Go(func() { h.Run(ctx, 0) })
-	t.Cleanup(func() {
-		srv.Drain()
-		ts.Close()
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = srv.Wait(sctx)
-		scancel()
-		cancel()
-		wg.Wait()
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			srv.Drain()
+			ts.Close()
+			sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_ = srv.Wait(sctx)
+			scancel()
+			cancel()
+			wg.Wait()
+		})
+	}
+	t.Cleanup(stop)
 	deadline := time.Now().Add(10 * time.Second)
 	for !sub.Ready() {
 		if time.Now().After(deadline) {
@@ -68,7 +97,7 @@ func startHub(t *testing.T, prefix string) (url string, h *hub.Hub) {
 		}
 		time.Sleep(5 * time.Millisecond) // poll interval
 	}
-	return ts.URL, h
+	return ts.URL, h, stop
 }
 
 // soak runs topohub-sim --check as a person would, and returns its exit
@@ -173,5 +202,64 @@ func TestSoakDetectsADifference(t *testing.T) {
 	}
 	if !strings.Contains(out, "field in_flight[ghost]") {
 		t.Errorf("the summary does not name the field:\n%s", out)
+	}
+}
+
+// TestSoakSurvivesHubRestart: the hub restarts in the middle of the
+// traffic. The WebSocket client resumes with its last cursor (from the old
+// process: a resync), the SSE clients reconnect with fresh tickets, and all
+// end with Redis's state although they missed the events of the outage.
+func TestSoakSurvivesHubRestart(t *testing.T) {
+	t.Parallel()
+	prefix := redistest.UniqueID("restart") + ":"
+	url, h1, stop1 := startHubAt(t, prefix, "")
+	ids := []string{redistest.UniqueID("restart-a-"), redistest.UniqueID("restart-b-")}
+	rdb := pkgRedis.Client(t)
+	restarted := make(chan *hub.Hub, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(restarted)
+		// Once the traffic flows to connected clients, stop the hub; the
+		// producers go on publishing into the outage; start a new one.
+		deadline := time.Now().Add(20 * time.Second)
+		for h1.Stats().Delivered.Load() < 100 {
+			if time.Now().After(deadline) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond) // poll interval
+		}
+		stop1()
+		seen, _ := rdb.HLen(context.Background(), sim.MutationsKey(prefix, ids[0])).Result()
+		for {
+			n, _ := rdb.HLen(context.Background(), sim.MutationsKey(prefix, ids[0])).Result()
+			if n != seen || time.Now().After(deadline) {
+				break // the keys changed while no hub was listening
+			}
+			time.Sleep(10 * time.Millisecond) // poll interval
+		}
+		_, h2, _ := startHubAt(t, prefix, strings.TrimPrefix(url, "http://"))
+		restarted <- h2
+	})
+	code, rep, out := soak(t,
+		"--redis", pkgRedis.URL, "--prefix", prefix, "--ids", strings.Join(ids, ","),
+		"--duration", "5s", "--rate", "40", "--traffic-rate", "0", "--fail-share", "0.3",
+		"--check", "--hub", url, "--secret", testSecret, "--settle", "15s")
+	wg.Wait()
+	h2 := <-restarted
+	t.Logf("soak:\n%s", out)
+	if h2 == nil {
+		t.Fatal("the hub was not restarted during the traffic")
+	}
+	if code != exitOK || !rep.OK {
+		t.Fatalf("exit %d, ok=%v after a hub restart", code, rep.OK)
+	}
+	if rep.Reconnects < rep.Clients {
+		t.Errorf("%d reconnects for %d clients: not every client lived through the restart", rep.Reconnects, rep.Clients)
+	}
+	if rep.Resyncs < 1 {
+		t.Error("the WebSocket resumed from the old process's cursor without a resync")
+	}
+	if h2.Stats().Delivered.Load() == 0 {
+		t.Error("the new hub delivered nothing")
 	}
 }
