@@ -150,13 +150,13 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 var errDiffers = errors.New("clients differ from Redis")
 
 func (o *options) run(ctx context.Context, stdout, stderr io.Writer) error {
-	redisURL := o.redisURL
+	redisURL, hint := o.redisURL, ""
 	if redisURL == "" {
 		u, err := sim.ReadDevBroker()
 		if err != nil {
 			return err
 		}
-		redisURL = u
+		redisURL, hint = u, " (noted by a development hub in "+sim.DevBrokerFile()+": is it still running?)"
 	}
 	ropts, err := redis.ParseURL(redisURL)
 	if err != nil {
@@ -168,7 +168,7 @@ func (o *options) run(ctx context.Context, stdout, stderr io.Writer) error {
 	err = rdb.Ping(pctx).Err()
 	cancel()
 	if err != nil {
-		return fmt.Errorf("redis at %s: %w", ropts.Addr, err)
+		return fmt.Errorf("redis at %s%s: %w", ropts.Addr, hint, err)
 	}
 
 	s, err := sim.New(rdb, sim.Config{

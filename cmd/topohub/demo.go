@@ -69,14 +69,21 @@ func startDemo(ctx context.Context, bg *sync.WaitGroup, cfg *config, redisURL st
 }
 
 // consoleURL is the console's address with the token in the fragment; in
-// demo mode it opens on the demo topologies.
+// demo mode it opens on the demo topologies. The console reads both the
+// topologies (?topology=a&topology=b) and a non-default base path from
+// its query.
 func consoleURL(cfg *config, base, token string) string {
-	q := ""
+	v := url.Values{}
+	if bp := trimSlash(cfg.BasePath); bp != "/api/v1" {
+		v.Set("base", bp) // web/app.js assumes /api/v1 otherwise
+	}
 	if cfg.Demo {
-		v := url.Values{}
 		for _, id := range demoTopologies {
 			v.Add("topology", id)
 		}
+	}
+	q := ""
+	if len(v) > 0 {
 		q = "?" + v.Encode()
 	}
 	return base + "/" + q + "#token=" + token

@@ -33,6 +33,21 @@ func TestDemoFlag(t *testing.T) {
 	}
 }
 
+func TestConsoleURL(t *testing.T) {
+	for _, c := range []struct {
+		cfg  config
+		want string
+	}{
+		{config{BasePath: "/api/v1"}, "http://h/#token=T"},
+		{config{BasePath: "/api/v1/", Demo: true}, "http://h/?topology=demo&topology=demo-east&topology=demo-west#token=T"},
+		{config{BasePath: "hub"}, "http://h/?base=%2Fhub#token=T"},
+	} {
+		if got := consoleURL(&c.cfg, "http://h", "T"); got != c.want {
+			t.Errorf("%+v: %s, want %s", c.cfg, got, c.want)
+		}
+	}
+}
+
 // TestDemoConsoleInChromium is the newcomer's first minute: go run
 // ./cmd/topohub --demo, open the printed console URL, and watch events
 // arrive within 5 s without typing a redis-cli command.
