@@ -114,6 +114,27 @@ func TestBrowserClientRefreshesInPlace(t *testing.T) {
 	}
 }
 
+func TestBrowserClientExpiredReconnectsWithFreshCredentials(t *testing.T) {
+	th := newTestHub(t, withTickets(newTestTickets(t, 0)))
+	id := th.newTopology()
+	exp := time.Now().Add(3 * time.Second).Unix()
+	// No refresh: the hub ends the session at exp with 4001 "credentials
+	// expired", which must reconnect at once, resuming from the cursor.
+	p := clientPage(t, th, th.token(claim("exp", exp)), id, `refresh: false,`)
+	p.waitJS("open", `window.T.hub && T.hub.state === "open"`)
+	p.waitJS("the snapshot", `T.got.some(g => g.kind === "snapshot")`)
+	p.eval(`T.token = ` + strconv.Quote(th.token()) + `; "ok"`)
+	p.waitJS("a second WebSocket, open", `T.sockets === 2 && T.hub.state === "open"`)
+	if got := p.eval(`JSON.stringify(T.states)`); got != `["open","connecting","open"]` {
+		t.Fatalf("states %s, want open, connecting, open (no error)", got)
+	}
+	th.publish("topology."+id+".status", `{"state":"after-reauth"}`)
+	p.waitJS("an event on the new session", `T.got.some(g => g.kind === "event" && g.payload.state === "after-reauth")`)
+	if got := p.eval(`String(T.got.filter(g => g.kind !== "event").length)`); got != "1" {
+		t.Fatalf("%s snapshots, want 1: the reconnect resumes from the cursor", got)
+	}
+}
+
 func TestBrowserClientRevokedStops(t *testing.T) {
 	revs := newTestRevocations(t)
 	th := newTestHub(t, withTickets(newTestTickets(t, 0)), withRevocations(revs))
