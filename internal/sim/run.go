@@ -92,16 +92,20 @@ func (s *Sim) Run(ctx context.Context) (*Stats, error) {
 		if len(batch) == 0 {
 			return nil
 		}
-		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		// A batch is sent whole even when ctx ends (Ctrl-C): a key write
+		// without its PUBLISH would be a difference no hub caused.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		_, err := s.rdb.Pipelined(pctx, func(p redis.Pipeliner) error {
 			for _, m := range batch {
 				for _, w := range m.Writes {
 					if w.Del {
-						p.HDel(ctx, w.Key, w.Field)
+						p.HDel(pctx, w.Key, w.Field)
 					} else {
-						p.HSet(ctx, w.Key, w.Field, w.Value)
+						p.HSet(pctx, w.Key, w.Field, w.Value)
 					}
 				}
-				p.Publish(ctx, m.Channel, m.Body)
+				p.Publish(pctx, m.Channel, m.Body)
 			}
 			return nil
 		})
@@ -128,7 +132,11 @@ func (s *Sim) Run(ctx context.Context) (*Stats, error) {
 		return st, nil
 	}
 	for {
-		m, ok := g.Next()
+		var m Message
+		ok := ctx.Err() == nil // behind the schedule, no wait notices the end
+		if ok {
+			m, ok = g.Next()
+		}
 		if !ok {
 			if err := flush(); err != nil && ctx.Err() == nil {
 				return st, fmt.Errorf("sim: publish: %w", err)
@@ -145,6 +153,9 @@ func (s *Sim) Run(ctx context.Context) (*Stats, error) {
 			timer.Reset(wait)
 			select {
 			case <-ctx.Done():
+				// m is generated: send it, so that Final is what was sent.
+				batch = append(batch, m)
+				_ = flush()
 				return done()
 			case <-timer.C:
 			}
