@@ -148,9 +148,13 @@ func TestSoak(t *testing.T) {
 	if rep.Sent == nil || rep.Sent.ByKind[sim.KindFailed] == 0 || rep.Sent.ByKind[sim.KindTraffic] < 3000 {
 		t.Errorf("sent %+v", rep.Sent)
 	}
-	if rep.Events < rep.Sent.Messages-rep.Sent.ByKind[sim.KindTraffic] {
-		// Each topology event reaches two clients, less what resyncs replaced.
-		t.Logf("clients received %d events for %d topology messages", rep.Events, rep.Sent.Messages)
+	if rep.Events == 0 {
+		t.Error("no events received")
+	}
+	if rep.Reconnects != 0 {
+		// Not wrong (the state still matched), but a client reading 5000
+		// frames a second should not have been dropped.
+		t.Logf("note: %d reconnects", rep.Reconnects)
 	}
 }
 
