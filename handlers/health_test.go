@@ -100,3 +100,20 @@ func TestDrainEndsStreamsAndRefusesNew(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "client count back to zero", func() bool { return th.hub.Clients() == 0 })
 }
+
+func TestServesTheClientFiles(t *testing.T) {
+	th := newTestHub(t)
+	for path, want := range map[string]string{
+		"/topohub.js":   "export class TopohubConnection",
+		"/react.js":     "useTopologyStream",
+		"/topohub.d.ts": "declare",
+		"/react.d.ts":   "useTopologyStream",
+	} {
+		resp := th.get(context.Background(), th.http.URL+path, nil)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), want) {
+			t.Errorf("GET %s: %d, body without %q", path, resp.StatusCode, want)
+		}
+	}
+}

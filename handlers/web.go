@@ -9,7 +9,8 @@ import (
 )
 
 // serveWeb serves the browser client library and the demo console from
-// the embedded files: / (the console), /topohub.js, /app.js, /style.css.
+// the embedded files: / (the console), /topohub.js and its React hook
+// /react.js with their types, /app.js, /style.css.
 func serveWeb(e *gin.Engine) {
 	files := http.FileServerFS(web.Files)
 	serve := func(c *gin.Context) {
@@ -18,7 +19,7 @@ func serveWeb(e *gin.Engine) {
 		c.Header("Cache-Control", "no-cache")
 		files.ServeHTTP(c.Writer, c.Request)
 	}
-	for _, p := range []string{"/", "/index.html", "/topohub.js", "/app.js", "/style.css"} {
+	for _, p := range []string{"/", "/index.html", "/topohub.js", "/topohub.d.ts", "/react.js", "/react.d.ts", "/app.js", "/style.css"} {
 		e.GET(p, serve)
 		e.HEAD(p, serve)
 	}

@@ -6,8 +6,7 @@ package web
 import "embed"
 
 // Files are the static files served at the hub's root: /, /topohub.js,
-// /app.js and /style.css. react.js and the .d.ts files are embedded too,
-// for a route to serve them.
+// /react.js, their .d.ts types, /app.js and /style.css.
 //
 //go:embed index.html app.js style.css topohub.js topohub.d.ts react.js react.d.ts
 var Files embed.FS
