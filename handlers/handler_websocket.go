@@ -1,11 +1,9 @@
 package handlers
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
 	"path"
@@ -183,25 +181,11 @@ func (s *Server) handleWebSocket(c *gin.Context) {
 	go ws.serve(release)
 }
 
-// hijackCapture keeps the connection coder/websocket hijacks, so that
-// writes can be bounded by a deadline on it rather than by a context
-// (and its timer) per write.
-type hijackCapture struct {
-	gin.ResponseWriter
-	conn net.Conn
-}
-
-func (h *hijackCapture) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	conn, brw, err := h.ResponseWriter.Hijack()
-	h.conn = conn
-	return conn, brw, err
-}
-
 // wsConn is one WebSocket connection's state.
 type wsConn struct {
 	s       *Server
 	conn    *websocket.Conn
-	netConn net.Conn // nil if the hijack was not seen (then no write deadline)
+	netConn *batchConn // nil if the hijack was not seen (then a context bounds each write)
 	client  *hub.Client
 	user    string
 	ctx     context.Context // ends when the connection does
@@ -382,17 +366,20 @@ func (ws *wsConn) writeItems(buf []byte, items []hub.Item) ([]byte, error) {
 	return buf, nil
 }
 
-// write sends one message, bounded by Config.WriteTimeout through the
-// connection's deadline: no context or timer is made per write.
+// write sends one message in one system call, bounded by
+// Config.WriteTimeout through the connection's deadline: no context or
+// timer is made per write.
 func (ws *wsConn) write(msg []byte) error {
 	if ws.netConn == nil {
 		ctx, cancel := context.WithTimeout(ws.ctx, ws.s.cfg.WriteTimeout)
 		defer cancel()
 		return ws.conn.Write(ctx, websocket.MessageText, msg)
 	}
-	_ = ws.netConn.SetWriteDeadline(time.Now().Add(ws.s.cfg.WriteTimeout))
+	ws.netConn.begin()
 	err := ws.conn.Write(context.Background(), websocket.MessageText, msg)
-	_ = ws.netConn.SetWriteDeadline(time.Time{}) // pings and close frames set their own
+	if err2 := ws.netConn.end(ws.s.cfg.WriteTimeout, 4*ws.s.cfg.MaxMessageBytes); err == nil {
+		err = err2
+	}
 	return err
 }
 
@@ -402,7 +389,8 @@ func (ws *wsConn) ping() {
 	if ws.ctx.Err() != nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ws.ctx, ws.s.cfg.WriteTimeout)
+	// Not a child of ws.ctx: that would register (and keep) a child map.
+	ctx, cancel := context.WithTimeout(context.Background(), ws.s.cfg.WriteTimeout)
 	err := ws.conn.Ping(ctx)
 	cancel()
 	if err != nil {
