@@ -309,6 +309,7 @@ func (c *Client) Subscribe(ctx context.Context, id, since string, ack []byte) er
 			s.marker.resync = s.marker.resync && mk.resync
 		} else {
 			s.first = snap
+			s.skipReflected(snap.Seq)
 		}
 	}
 	c.queueRawLocked(ack)
@@ -445,6 +446,15 @@ func (s *subscription) resyncLocked(seq uint64, stats *Stats) {
 	}
 }
 
+// skipReflected moves the cursor past the logged events a snapshot
+// already reflects (sequence up to seq), so they are not sent after it.
+// Lock should be held for s's topology.
+func (s *subscription) skipReflected(seq uint64) {
+	t := s.topo
+	for s.next = max(s.next, t.oldestPosition()); s.next < t.end && t.at(s.next).Seq <= seq; s.next++ {
+	}
+}
+
 // maxSpare is the largest drained slice kept for reuse; a burst's larger
 // one is left to the garbage collector so idle clients stay small.
 const maxSpare = 1024
@@ -540,6 +550,9 @@ func (c *Client) read(ctx context.Context, s *subscription, out []Item) ([]Item,
 		case err == nil:
 			out = append(out, Item{Event: ev})
 			h.stats.Snapshots.Add(1)
+			t.mu.Lock()
+			s.skipReflected(ev.Seq)
+			t.mu.Unlock()
 			continue
 		case errors.Is(err, ErrNotFound):
 			c.endSubscription(s)
@@ -603,9 +616,11 @@ func (c *Client) unstall() {
 	c.signal()
 }
 
-// snapshotEvent reads the topology's snapshot as an event for mk.
+// snapshotEvent reads the topology's snapshot as an event for mk. Its
+// cursor is the newest event the read is known to reflect (at least
+// mk.seq): resuming from it misses nothing.
 func (h *Hub) snapshotEvent(ctx context.Context, id string, mk marker) (*Event, error) {
-	snap, err := h.snapshots.read(ctx, id, mk.seq)
+	snap, seq, err := h.snapshots.read(ctx, id, mk.seq)
 	if err != nil {
 		return nil, err
 	}
@@ -613,8 +628,8 @@ func (h *Hub) snapshotEvent(ctx context.Context, id string, mk marker) (*Event, 
 	return &Event{
 		Topology: id,
 		Name:     EventSnapshot,
-		Seq:      mk.seq,
-		Cursor:   h.cursor(mk.seq),
+		Seq:      seq,
+		Cursor:   h.cursor(seq),
 		Data:     EncodeSnapshot(snap, mk.resync),
 	}, nil
 }

@@ -37,8 +37,10 @@ type snapshotFlight struct {
 	err   error
 }
 
-// read returns a snapshot of id that reflects every event up to seq.
-func (r *snapshotReads) read(ctx context.Context, id string, seq uint64) (Snapshot, error) {
+// read returns a snapshot of id that reflects every event up to seq, and
+// the sequence it is known to reflect: the hub's when the read began, at
+// least seq.
+func (r *snapshotReads) read(ctx context.Context, id string, seq uint64) (Snapshot, uint64, error) {
 	r.mu.Lock()
 	f := r.flights[id]
 	if f == nil || f.start < seq {
@@ -52,9 +54,9 @@ func (r *snapshotReads) read(ctx context.Context, id string, seq uint64) (Snapsh
 	r.mu.Unlock()
 	select {
 	case <-f.done:
-		return f.snap, f.err
+		return f.snap, f.start, f.err
 	case <-ctx.Done():
-		return Snapshot{}, ctx.Err()
+		return Snapshot{}, 0, ctx.Err()
 	}
 }
 

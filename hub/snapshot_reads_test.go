@@ -43,7 +43,7 @@ func TestSnapshotReadsShareOnlyReadsThatStartedLateEnough(t *testing.T) {
 	var wg sync.WaitGroup
 	read := func(want uint64) {
 		wg.Go(func() {
-			if _, err := r.read(context.Background(), "T", want); err != nil {
+			if _, _, err := r.read(context.Background(), "T", want); err != nil {
 				t.Errorf("read %d: %v", want, err)
 			}
 		})
@@ -64,7 +64,7 @@ func TestSnapshotReadsShareOnlyReadsThatStartedLateEnough(t *testing.T) {
 	// A waiter that leaves does not disturb the read or its other waiters.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := r.read(ctx, "T", 12); !errors.Is(err, context.Canceled) {
+	if _, _, err := r.read(ctx, "T", 12); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled waiter: %v", err)
 	}
 
