@@ -143,10 +143,12 @@ func (s *Server) handleWebSocket(c *gin.Context) {
 	}
 
 	hj := &hijackCapture{ResponseWriter: c.Writer}
+	ws := &wsConn{s: s, user: p.User}
 	conn, err := websocket.Accept(hj, c.Request, &websocket.AcceptOptions{
 		Subprotocols: []string{Subprotocol},
 		// Checked above with the same rules.
 		InsecureSkipVerify: true,
+		OnPongReceived:     ws.pong,
 	})
 	if err != nil {
 		// Accept has answered (426 and the like for a request that is not
@@ -157,23 +159,15 @@ func (s *Server) handleWebSocket(c *gin.Context) {
 	}
 	conn.SetReadLimit(maxControlMessage)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	ws := &wsConn{
-		s:       s,
-		conn:    conn,
-		netConn: hj.conn,
-		client:  s.hub.NewClient(p.User),
-		user:    p.User,
-		ctx:     ctx,
-		cancel:  cancel,
-		limiter: rate.NewLimiter(s.cfg.ControlRate, s.cfg.ControlBurst),
-	}
+	ws.conn, ws.netConn = conn, hj.conn
+	ws.client = s.hub.NewClient(p.User)
+	ws.limiter = rate.NewLimiter(s.cfg.ControlRate, s.cfg.ControlBurst)
 	ws.client.SetTokenID(p.JTI)
 	ws.client.SetWake(ws.wake)
 	ws.setExpires(p.Expires)
 	ws.expiry = time.AfterFunc(time.Hour, ws.expire)
 	ws.rearmExpiry()
-	ws.pinger = time.AfterFunc(s.cfg.Keepalive, ws.ping)
+	ws.pinger = time.AfterFunc(s.cfg.Keepalive, ws.keepalive)
 	if s.draining.Load() {
 		// Drain ran between admit and NewClient and did not see us.
 		ws.client.Disconnect(hub.DisconnectShutdown)
@@ -188,8 +182,10 @@ type wsConn struct {
 	netConn *batchConn // nil if the hijack was not seen (then a context bounds each write)
 	client  *hub.Client
 	user    string
-	ctx     context.Context // ends when the connection does
-	cancel  context.CancelFunc
+	// closed is set when the reader has ended: timers stop re-arming.
+	// (Not a context: every call context derived from one would register
+	// in, and keep, a children map per connection.)
+	closed atomic.Bool
 
 	// expires is the session's end in Unix nanoseconds (0: none). The
 	// read loop moves it on refresh and re-arms expiry; expire re-reads it
@@ -197,6 +193,9 @@ type wsConn struct {
 	expires atomic.Int64
 	expiry  *time.Timer
 	pinger  *time.Timer
+	// pingSent is when the outstanding ping was written (Unix nanoseconds,
+	// 0: none); pongAt when the newest pong arrived.
+	pingSent, pongAt atomic.Int64
 
 	// writing is set while a writer goroutine runs (or the connection is
 	// closing and no writer may start).
@@ -255,7 +254,7 @@ func (ws *wsConn) serve(release func()) {
 		// handshake.
 		_ = ws.conn.Close(CloseTooBig, "message too big")
 	}
-	ws.cancel()
+	ws.closed.Store(true)
 	ws.pinger.Stop()
 	ws.expiry.Stop()
 	_ = ws.conn.CloseNow()
@@ -300,7 +299,9 @@ func (ws *wsConn) writeLoop() {
 			return
 		}
 		var err error
-		b.items, err = ws.client.Pop(ws.ctx, b.items[:0])
+		// A snapshot read is bounded by the hub; a connection that ends
+		// meanwhile only makes the write after it fail.
+		b.items, err = ws.client.Pop(context.Background(), b.items[:0])
 		if err != nil {
 			ws.s.logSnapshotRetry(err)
 		}
@@ -371,7 +372,7 @@ func (ws *wsConn) writeItems(buf []byte, items []hub.Item) ([]byte, error) {
 // timer is made per write.
 func (ws *wsConn) write(msg []byte) error {
 	if ws.netConn == nil {
-		ctx, cancel := context.WithTimeout(ws.ctx, ws.s.cfg.WriteTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), ws.s.cfg.WriteTimeout)
 		defer cancel()
 		return ws.conn.Write(ctx, websocket.MessageText, msg)
 	}
@@ -383,24 +384,70 @@ func (ws *wsConn) write(msg []byte) error {
 	return err
 }
 
-// ping runs on the keepalive timer: a client that does not answer within
-// Config.WriteTimeout is cut off (its reader then cleans up).
-func (ws *wsConn) ping() {
-	if ws.ctx.Err() != nil {
+// pingFrame is a WebSocket ping from the server: FIN, opcode 9, no
+// payload, unmasked.
+var pingFrame = []byte{0x89, 0x00}
+
+// keepalive runs on the keepalive timer, in two steps: it writes a ping
+// and comes back after Config.WriteTimeout to check that a pong arrived
+// since; a client that did not answer is cut off (its reader then cleans
+// up). The ping is written straight to the connection rather than with
+// the library's Ping, which would park a goroutine, two contexts and
+// their timers on every connection for every round trip: every frame
+// reaches the connection in one write (see batchConn), so frames cannot
+// interleave. While a writer runs, its write deadline watches the
+// client instead.
+func (ws *wsConn) keepalive() {
+	if ws.closed.Load() {
 		return
 	}
-	// Not a child of ws.ctx: that would register (and keep) a child map.
+	cfg := &ws.s.cfg
+	if sent := ws.pingSent.Swap(0); sent != 0 {
+		if ws.pongAt.Load() < sent {
+			ws.s.log.Debug("websocket ping unanswered")
+			_ = ws.conn.CloseNow()
+			return
+		}
+		ws.pinger.Reset(max(cfg.Keepalive-cfg.WriteTimeout, 0))
+		return
+	}
+	if ws.netConn == nil {
+		ws.pingWithLibrary()
+		return
+	}
+	if !ws.writing.Load() {
+		now := time.Now()
+		_ = ws.netConn.Conn.SetWriteDeadline(now.Add(cfg.WriteTimeout))
+		_, err := ws.netConn.Conn.Write(pingFrame)
+		_ = ws.netConn.Conn.SetWriteDeadline(time.Time{})
+		if err != nil {
+			_ = ws.conn.CloseNow()
+			return
+		}
+		ws.pingSent.Store(now.UnixNano())
+		ws.pinger.Reset(min(cfg.WriteTimeout, cfg.Keepalive))
+		return
+	}
+	ws.pinger.Reset(cfg.Keepalive)
+}
+
+// pong records a pong (the library calls it from the reader).
+func (ws *wsConn) pong(context.Context, []byte) { ws.pongAt.Store(time.Now().UnixNano()) }
+
+// pingWithLibrary pings through coder/websocket when the hijacked
+// connection was not seen.
+func (ws *wsConn) pingWithLibrary() {
 	ctx, cancel := context.WithTimeout(context.Background(), ws.s.cfg.WriteTimeout)
 	err := ws.conn.Ping(ctx)
 	cancel()
 	if err != nil {
-		if ws.ctx.Err() == nil {
+		if !ws.closed.Load() {
 			ws.s.log.Debug("websocket ping unanswered", "err", err)
 			_ = ws.conn.CloseNow()
 		}
 		return
 	}
-	if ws.ctx.Err() == nil {
+	if !ws.closed.Load() {
 		ws.pinger.Reset(ws.s.cfg.Keepalive)
 	}
 }
@@ -410,7 +457,7 @@ func (ws *wsConn) ping() {
 // the writer sends them in order with the events.
 func (ws *wsConn) readLoop() {
 	for {
-		// Not ws.ctx: cancelling a read closes the connection, and the
+		// No deadline: cancelling a read closes the connection, and the
 		// close handshake needs it open. The read ends when the
 		// connection does.
 		typ, msg, err := ws.conn.Read(context.Background())
@@ -431,7 +478,7 @@ func (ws *wsConn) readLoop() {
 			ws.reply(appendError(nil, nil, "", codeBadRequest, "messages must be text"))
 			continue
 		}
-		ws.handle(ws.ctx, msg)
+		ws.handle(msg)
 	}
 }
 
@@ -449,7 +496,7 @@ func (ws *wsConn) violation() bool {
 func (ws *wsConn) reply(frame []byte) { ws.client.Send(frame) }
 
 // handle answers one control message.
-func (ws *wsConn) handle(ctx context.Context, msg []byte) {
+func (ws *wsConn) handle(msg []byte) {
 	f, cerr := decodeControl(msg)
 	if cerr != nil {
 		ws.reply(appendError(nil, f.ID, f.Topology, cerr.Code, cerr.Message))
@@ -459,26 +506,26 @@ func (ws *wsConn) handle(ctx context.Context, msg []byte) {
 	case opPing:
 		ws.reply(appendReply(nil, "pong", f.ID, ""))
 	case opSubscribe:
-		ws.subscribe(ctx, f)
+		ws.subscribe(f)
 	case opUnsubscribe:
 		ws.client.Unsubscribe(f.Topology, appendReply(nil, "unsubscribed", f.ID, f.Topology))
 	case opRefresh:
-		ws.refresh(ctx, f)
+		ws.refresh(f)
 	}
 }
 
 // callContext bounds a Redis call made by the read loop to half the pong
 // wait: pongs are only read while the loop reads, so a stalled Redis must
 // not make a healthy client look dead.
-func (ws *wsConn) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, ws.s.cfg.WriteTimeout/2)
+func (ws *wsConn) callContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), ws.s.cfg.WriteTimeout/2)
 }
 
 // subscribe registers the subscription; the hub reads the snapshot (which
 // also tells whether the topology exists) and queues the ack ahead of it
 // or of the replayed events.
-func (ws *wsConn) subscribe(ctx context.Context, f controlFrame) {
-	cctx, cancel := ws.callContext(ctx)
+func (ws *wsConn) subscribe(f controlFrame) {
+	cctx, cancel := ws.callContext()
 	err := ws.client.Subscribe(cctx, f.Topology, f.Since, appendReply(nil, "subscribed", f.ID, f.Topology))
 	cancel()
 	switch {
@@ -489,7 +536,7 @@ func (ws *wsConn) subscribe(ctx context.Context, f controlFrame) {
 		ws.reply(appendError(nil, f.ID, f.Topology, codeTooManySubscriptions, "too many subscriptions on this connection"))
 	case errors.Is(err, hub.ErrInvalidTopology):
 		ws.reply(appendError(nil, f.ID, f.Topology, codeInvalidTopology, "invalid topology id"))
-	case ctx.Err() == nil:
+	case !ws.closed.Load():
 		ws.s.log.Error("snapshot read failed", "topology", f.Topology, "err", err)
 		ws.reply(appendError(nil, f.ID, f.Topology, codeUnavailable, "snapshot source unavailable; retry"))
 	}
@@ -497,10 +544,10 @@ func (ws *wsConn) subscribe(ctx context.Context, f controlFrame) {
 
 // refresh re-verifies fresh credentials and, when they are the same
 // user's, moves the session's end to theirs. On refusal nothing changes.
-func (ws *wsConn) refresh(ctx context.Context, f controlFrame) {
+func (ws *wsConn) refresh(f controlFrame) {
 	var p Principal
 	var err error
-	cctx, cancel := ws.callContext(ctx)
+	cctx, cancel := ws.callContext()
 	if f.Ticket != "" {
 		p, err = ws.s.auth.RedeemTicket(cctx, f.Ticket)
 	} else if p, err = ws.s.auth.VerifyToken(f.Token); err == nil {
@@ -512,7 +559,7 @@ func (ws *wsConn) refresh(ctx context.Context, f controlFrame) {
 		switch {
 		case errors.As(err, &ae):
 			ws.reply(appendError(nil, f.ID, "", codeForbidden, ae.Message))
-		case ctx.Err() == nil:
+		case !ws.closed.Load():
 			ws.s.log.Error("credential check failed", "err", err)
 			ws.reply(appendError(nil, f.ID, "", codeUnavailable, "credential store unavailable; retry"))
 		}
