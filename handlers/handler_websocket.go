@@ -167,7 +167,7 @@ func (s *Server) handleWebSocket(c *gin.Context) {
 	ws.setExpires(p.Expires)
 	ws.expiry = time.AfterFunc(time.Hour, ws.expire)
 	ws.rearmExpiry()
-	ws.pinger = time.AfterFunc(s.cfg.Keepalive, ws.keepalive)
+	ws.pinger = time.AfterFunc(aligned(s.cfg.Keepalive), ws.keepalive)
 	if s.draining.Load() {
 		// Drain ran between admit and NewClient and did not see us.
 		ws.client.Disconnect(hub.DisconnectShutdown)
@@ -408,7 +408,7 @@ func (ws *wsConn) keepalive() {
 			_ = ws.conn.CloseNow()
 			return
 		}
-		ws.pinger.Reset(max(cfg.Keepalive-cfg.WriteTimeout, 0))
+		ws.pinger.Reset(aligned(max(cfg.Keepalive-cfg.WriteTimeout, 0)))
 		return
 	}
 	if ws.netConn == nil {
@@ -425,10 +425,23 @@ func (ws *wsConn) keepalive() {
 			return
 		}
 		ws.pingSent.Store(now.UnixNano())
-		ws.pinger.Reset(min(cfg.WriteTimeout, cfg.Keepalive))
+		ws.pinger.Reset(aligned(min(cfg.WriteTimeout, cfg.Keepalive)))
 		return
 	}
-	ws.pinger.Reset(cfg.Keepalive)
+	ws.pinger.Reset(aligned(cfg.Keepalive))
+}
+
+// keepaliveGrain is what keepalive timers are rounded up to: those due
+// within it fire together, so 10,000 idle connections wake the process
+// a few times a second in all rather than 700 times.
+const keepaliveGrain = 250 * time.Millisecond
+
+// aligned returns d, lengthened so that it ends on a keepaliveGrain
+// boundary.
+func aligned(d time.Duration) time.Duration {
+	now := time.Now()
+	end := now.Add(d + keepaliveGrain - 1).Truncate(keepaliveGrain)
+	return end.Sub(now)
 }
 
 // pong records a pong (the library calls it from the reader).

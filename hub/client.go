@@ -616,22 +616,14 @@ func (c *Client) unstall() {
 	c.signal()
 }
 
-// snapshotEvent reads the topology's snapshot as an event for mk. Its
-// cursor is the newest event the read is known to reflect (at least
-// mk.seq): resuming from it misses nothing.
+// snapshotEvent reads (or shares) the topology's snapshot as an event
+// for mk.
 func (h *Hub) snapshotEvent(ctx context.Context, id string, mk marker) (*Event, error) {
-	snap, seq, err := h.snapshots.read(ctx, id, mk.seq)
+	f, err := h.snapshots.read(ctx, id, mk.seq)
 	if err != nil {
 		return nil, err
 	}
-	snap.TopologyID = id
-	return &Event{
-		Topology: id,
-		Name:     EventSnapshot,
-		Seq:      seq,
-		Cursor:   h.cursor(seq),
-		Data:     EncodeSnapshot(snap, mk.resync),
-	}, nil
+	return f.event(h, mk.resync), nil
 }
 
 // Close unregisters the client from every topology and from the hub. The

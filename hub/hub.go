@@ -33,6 +33,13 @@ type Config struct {
 	// SnapshotRetry is how long a subscription waits before reading a
 	// resync snapshot again after the source failed. Zero value means 1s.
 	SnapshotRetry time.Duration
+	// SnapshotReuse is how long a finished snapshot read is shared with
+	// later subscribers of the topology, as long as no event of it has
+	// arrived since the read began (an event always forces a new read).
+	// It bounds how long a change that is never published, such as a
+	// topology deleted without an event, can go unseen by a new
+	// subscriber. Zero value means 1s; negative means never.
+	SnapshotReuse time.Duration
 	// MaxSubscriptions bounds the topologies one client may subscribe to.
 	// Zero value means 100.
 	MaxSubscriptions int
@@ -120,6 +127,9 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.SnapshotRetry <= 0 {
 		cfg.SnapshotRetry = time.Second
 	}
+	if cfg.SnapshotReuse == 0 {
+		cfg.SnapshotReuse = time.Second
+	}
 	if cfg.MaxReplyBytes <= 0 {
 		cfg.MaxReplyBytes = 256 << 10
 	}
@@ -145,7 +155,7 @@ func New(cfg Config) (*Hub, error) {
 		clients:  map[*Client]struct{}{},
 	}
 	h.epochStr = strconv.FormatInt(h.epoch, 10)
-	h.snapshots = snapshotReads{src: cfg.Snapshots, seq: &h.seq, stats: &h.stats, flights: map[string]*snapshotFlight{}}
+	h.snapshots = snapshotReads{src: cfg.Snapshots, seq: &h.seq, stats: &h.stats, reuse: max(cfg.SnapshotReuse, 0), now: cfg.Now, flights: map[string]*snapshotFlight{}}
 	for i := range h.shards {
 		h.shards[i].topologies = map[string]*topology{}
 	}
@@ -307,6 +317,7 @@ func (h *Hub) BusGap() {
 // Sweep drops history older than HistoryAge and forgets topologies with
 // no subscriber and no history left. Run calls it periodically.
 func (h *Hub) Sweep() {
+	h.snapshots.expire()
 	cutoff := h.cfg.Now().Add(-h.cfg.HistoryAge)
 	for i := range h.shards {
 		sh := &h.shards[i]

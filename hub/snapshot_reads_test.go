@@ -39,11 +39,11 @@ func TestSnapshotReadsShareOnlyReadsThatStartedLateEnough(t *testing.T) {
 	src := &gatedSource{MemorySnapshots: mem, gate: make(chan struct{})}
 	var seq atomic.Uint64
 	var stats Stats
-	r := &snapshotReads{src: src, seq: &seq, stats: &stats, flights: map[string]*snapshotFlight{}}
+	r := &snapshotReads{src: src, seq: &seq, stats: &stats, now: time.Now, flights: map[string]*snapshotFlight{}}
 	var wg sync.WaitGroup
 	read := func(want uint64) {
 		wg.Go(func() {
-			if _, _, err := r.read(context.Background(), "T", want); err != nil {
+			if _, err := r.read(context.Background(), "T", want); err != nil {
 				t.Errorf("read %d: %v", want, err)
 			}
 		})
@@ -64,7 +64,7 @@ func TestSnapshotReadsShareOnlyReadsThatStartedLateEnough(t *testing.T) {
 	// A waiter that leaves does not disturb the read or its other waiters.
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, _, err := r.read(ctx, "T", 12); !errors.Is(err, context.Canceled) {
+	if _, err := r.read(ctx, "T", 12); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled waiter: %v", err)
 	}
 
@@ -129,5 +129,63 @@ func TestBusGapSnapshotsAreShared(t *testing.T) {
 	}
 	if reads := src.calls.Load() - before; reads != 1 {
 		t.Fatalf("%d reads for %d resync snapshots of one topology, want 1", reads, n)
+	}
+}
+
+// countingSource counts snapshot reads.
+type countingSource struct {
+	*MemorySnapshots
+	calls atomic.Int64
+}
+
+func (c *countingSource) Snapshot(ctx context.Context, id string) (Snapshot, error) {
+	c.calls.Add(1)
+	return c.MemorySnapshots.Snapshot(ctx, id)
+}
+
+func TestFinishedSnapshotReusedUntilAnEventOrTheWindowEnds(t *testing.T) {
+	src := &countingSource{MemorySnapshots: NewMemorySnapshots()}
+	src.Set("T", "active")
+	f := newFixture(t, func(c *Config) { c.Snapshots = src; c.SnapshotReuse = time.Second })
+	subscribe := func() *Event {
+		t.Helper()
+		c := f.h.NewClient("u")
+		t.Cleanup(c.Close)
+		if err := c.Subscribe(context.Background(), "T", "", nil); err != nil {
+			t.Fatal(err)
+		}
+		return pop(t, c)[0].Event
+	}
+	first := subscribe()
+	f.publish(t, "U", 1) // another topology's event changes nothing for T
+	if again := subscribe(); again != first || src.calls.Load() != 1 {
+		t.Fatalf("second subscriber: %d reads, same event %v; want the first read shared", src.calls.Load(), again == first)
+	}
+	f.publish(t, "T", 2) // T changed: the read may miss it
+	if ev := subscribe(); src.calls.Load() != 2 || ev.Seq != f.h.seq.Load() {
+		t.Fatalf("after an event of T: %d reads, snapshot seq %d; want a new read reflecting %d", src.calls.Load(), ev.Seq, f.h.seq.Load())
+	}
+	f.advance(2 * time.Second)
+	subscribe()
+	if src.calls.Load() != 3 {
+		t.Fatalf("after the window: %d reads, want 3", src.calls.Load())
+	}
+	// Not found is never reused: a topology created just after is seen.
+	c := f.h.NewClient("u")
+	defer c.Close()
+	if err := c.Subscribe(context.Background(), "N", "", nil); !errors.Is(err, ErrNotFound) {
+		t.Fatal(err)
+	}
+	src.Set("N", "active")
+	if err := c.Subscribe(context.Background(), "N", "", nil); err != nil {
+		t.Fatalf("created after a not-found: %v", err)
+	}
+	f.advance(2 * time.Second)
+	f.h.Sweep()
+	f.h.snapshots.mu.Lock()
+	n := len(f.h.snapshots.flights)
+	f.h.snapshots.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d reads kept after Sweep past the window, want 0", n)
 	}
 }
