@@ -56,7 +56,7 @@ const releaseTimeout = 2 * time.Second
 // The Lua script reads instance keys it is not given as KEYS, so the
 // limiter needs a standalone (or Sentinel) Redis, not a Cluster.
 type Limiter struct {
-	rdb         redis.UniversalClient
+	rdb         redis.Cmdable
 	cfg         LimiterConfig
 	log         *slog.Logger
 	instanceKey string
@@ -78,7 +78,7 @@ var _ hub.ConnLimiter = (*Limiter)(nil)
 // NewLimiter counts streams in rdb. Run must be running while the limiter
 // is used: without its heartbeat, other instances take this one for dead
 // and drop its counts.
-func NewLimiter(rdb redis.UniversalClient, cfg LimiterConfig) *Limiter {
+func NewLimiter(rdb redis.Cmdable, cfg LimiterConfig) *Limiter {
 	if cfg.Max <= 0 {
 		cfg.Max = 5
 	}

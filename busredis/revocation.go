@@ -17,7 +17,7 @@ const DefaultRevokedKey = DefaultKeyPrefix + "revoked"
 // never trimmed here: the issuer may SREM an id once its token's exp has
 // passed, since an expired token is refused anyway.
 type Revocations struct {
-	rdb redis.UniversalClient
+	rdb redis.Cmdable
 	key string
 }
 
@@ -25,7 +25,7 @@ var _ hub.RevocationList = (*Revocations)(nil)
 
 // NewRevocations reads the set key in rdb. An empty key means
 // DefaultRevokedKey.
-func NewRevocations(rdb redis.UniversalClient, key string) *Revocations {
+func NewRevocations(rdb redis.Cmdable, key string) *Revocations {
 	if key == "" {
 		key = DefaultRevokedKey
 	}

@@ -18,7 +18,7 @@ const DefaultKeyPrefix = "topohub:"
 // <prefix>topology:<id> (field status; its existence is the topology's)
 // and the hash <prefix>topology:<id>:mutations (id -> JSON mutation row).
 type Snapshots struct {
-	rdb    redis.UniversalClient
+	rdb    redis.Cmdable
 	prefix string
 }
 
@@ -26,7 +26,7 @@ var _ hub.SnapshotSource = (*Snapshots)(nil)
 
 // NewSnapshots reads snapshots through rdb. An empty prefix means
 // DefaultKeyPrefix.
-func NewSnapshots(rdb redis.UniversalClient, prefix string) *Snapshots {
+func NewSnapshots(rdb redis.Cmdable, prefix string) *Snapshots {
 	if prefix == "" {
 		prefix = DefaultKeyPrefix
 	}

@@ -48,7 +48,7 @@ type SubscriberConfig struct {
 	// subscription reads it back is the bus lag (LastLag), which includes
 	// any backlog ahead of it in Redis and in the hub. Zero value means no
 	// probe.
-	Publisher redis.UniversalClient
+	Publisher redis.Cmdable
 	// LagInterval is the probe interval. Zero value means 2s.
 	LagInterval time.Duration
 	// Instance names this hub in its probe channel, so that hubs sharing a

@@ -29,7 +29,7 @@ const ticketBytes = 32
 // A ticket is a credential: it must never be logged, and no error
 // returned here contains it.
 type Tickets struct {
-	rdb    redis.UniversalClient
+	rdb    redis.Cmdable
 	prefix string
 	ttl    time.Duration
 }
@@ -38,7 +38,7 @@ var _ hub.TicketStore = (*Tickets)(nil)
 
 // NewTickets keeps tickets in rdb. An empty prefix means
 // DefaultKeyPrefix; ttl <= 0 means DefaultTicketTTL.
-func NewTickets(rdb redis.UniversalClient, prefix string, ttl time.Duration) *Tickets {
+func NewTickets(rdb redis.Cmdable, prefix string, ttl time.Duration) *Tickets {
 	if prefix == "" {
 		prefix = DefaultKeyPrefix
 	}

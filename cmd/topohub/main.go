@@ -74,10 +74,17 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	}
 	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
+	// Handshakes make small Redis calls concurrently (ticket, cap,
+	// snapshots): the autopipeliner sends those in flight together as one
+	// pipeline, one system call each way for many handshakes.
+	calls, err := rdb.AutoPipeline()
+	if err != nil {
+		return fmt.Errorf("redis autopipeline: %w", err)
+	}
 
 	h, err := hub.New(hub.Config{
 		Families:         families,
-		Snapshots:        busredis.NewSnapshots(rdb, cfg.KeyPrefix),
+		Snapshots:        busredis.NewSnapshots(calls, cfg.KeyPrefix),
 		QueueSize:        cfg.QueueSize,
 		MaxLag:           cfg.MaxLag,
 		MaxSubscriptions: cfg.MaxSubs,
@@ -86,13 +93,13 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	if err != nil {
 		return err
 	}
-	limiter := busredis.NewLimiter(rdb, busredis.LimiterConfig{Max: cfg.MaxConnsPerUser, Prefix: cfg.KeyPrefix, Logger: log})
+	limiter := busredis.NewLimiter(calls, busredis.LimiterConfig{Max: cfg.MaxConnsPerUser, Prefix: cfg.KeyPrefix, Logger: log})
 	sub := busredis.NewSubscriber(ropts, h, busredis.SubscriberConfig{
 		Families: families, Publisher: rdb, Instance: limiter.InstanceID(), Logger: log,
 	})
 	var revocations hub.RevocationList
 	if cfg.RevokedSet != "" {
-		revocations = busredis.NewRevocations(rdb, cfg.RevokedSet)
+		revocations = busredis.NewRevocations(calls, cfg.RevokedSet)
 	}
 
 	srv, err := handlers.New(h, handlers.Config{
@@ -106,7 +113,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 			Roles:           cfg.StreamRoles,
 			AllowQueryToken: cfg.AllowQueryToken,
 		},
-		Tickets:          busredis.NewTickets(rdb, cfg.KeyPrefix, 0),
+		Tickets:          busredis.NewTickets(calls, cfg.KeyPrefix, 0),
 		TicketRate:       rate.Limit(cfg.TicketRate),
 		TicketBurst:      cfg.TicketBurst,
 		Revocations:      revocations,
