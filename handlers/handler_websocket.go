@@ -2,8 +2,10 @@ package handlers
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"path"
@@ -148,12 +150,20 @@ func (s *Server) handleWebSocket(c *gin.Context) {
 		Subprotocols: []string{Subprotocol},
 		// Checked above with the same rules.
 		InsecureSkipVerify: true,
+		OnPingReceived:     ws.onPing,
 		OnPongReceived:     ws.pong,
 	})
 	if err != nil {
 		// Accept has answered (426 and the like for a request that is not
 		// a handshake). Its error names headers, never credentials.
 		s.log.Debug("websocket handshake failed", "err", err)
+		release()
+		return
+	}
+	if hj.conn == nil {
+		// Cannot happen with net/http: Accept hijacks through hj.
+		s.log.Error("websocket accepted without a hijacked connection")
+		_ = conn.CloseNow()
 		release()
 		return
 	}
@@ -179,7 +189,7 @@ func (s *Server) handleWebSocket(c *gin.Context) {
 type wsConn struct {
 	s       *Server
 	conn    *websocket.Conn
-	netConn *batchConn // nil if the hijack was not seen (then a context bounds each write)
+	netConn net.Conn // the hijacked connection, written directly
 	client  *hub.Client
 	user    string
 	// closed is set when the reader has ended: timers stop re-arming.
@@ -198,8 +208,9 @@ type wsConn struct {
 	pingSent, pongAt atomic.Int64
 
 	// writing is set while a writer goroutine runs (or the connection is
-	// closing and no writer may start).
-	writing atomic.Bool
+	// closing and no writer may start); closing once a close frame is
+	// being sent.
+	writing, closing atomic.Bool
 
 	// Read loop only.
 	limiter     *rate.Limiter
@@ -248,11 +259,11 @@ func (ws *wsConn) serve(release func()) {
 	ws.readLoop()
 	switch {
 	case errors.Is(ws.readErr, errControlAbuse):
-		_ = ws.conn.Close(ClosePolicy, "control channel abuse")
+		ws.closeWith(ClosePolicy, "control channel abuse")
 	case errors.Is(ws.readErr, websocket.ErrMessageTooBig):
 		// The library has sent the close frame; Close completes the
 		// handshake.
-		_ = ws.conn.Close(CloseTooBig, "message too big")
+		ws.closeWith(CloseTooBig, "message too big")
 	}
 	ws.closed.Store(true)
 	ws.pinger.Stop()
@@ -294,9 +305,11 @@ func (ws *wsConn) writeLoop() {
 	for {
 		if r := ws.client.Reason(); r != hub.DisconnectNone {
 			// writing stays set: no writer starts after the close.
-			code, reason := closeForReason(r)
-			_ = ws.conn.Close(code, reason)
+			ws.closeWith(closeForReason(r))
 			return
+		}
+		if ws.closing.Load() {
+			return // the reader is closing: nothing may follow its close frame
 		}
 		var err error
 		// A snapshot read is bounded by the hub; a connection that ends
@@ -324,10 +337,11 @@ func (ws *wsConn) writeLoop() {
 }
 
 // writeItems writes the popped items as few messages as the size cap
-// allows: frames joined by newlines in buf, which is returned for reuse.
+// allows: frames joined by newlines in buf after room for the message
+// header, which is returned for reuse.
 func (ws *wsConn) writeItems(buf []byte, items []hub.Item) ([]byte, error) {
 	limit := ws.s.cfg.MaxMessageBytes
-	buf = buf[:0]
+	buf = append(buf[:0], make([]byte, maxHeader)...)
 	for _, it := range items {
 		var frame []byte
 		switch {
@@ -341,25 +355,25 @@ func (ws *wsConn) writeItems(buf []byte, items []hub.Item) ([]byte, error) {
 		default:
 			continue
 		}
-		if len(buf) > 0 && len(buf)+1+len(frame) > limit {
+		if len(buf) > maxHeader && len(buf)-maxHeader+1+len(frame) > limit {
 			if err := ws.write(buf); err != nil {
 				return buf, err
 			}
-			buf = buf[:0]
+			buf = buf[:maxHeader]
 		}
 		if len(frame) >= limit {
 			// Alone anyway: write the shared bytes without copying them.
-			if err := ws.write(frame); err != nil {
+			if err := ws.writeShared(frame); err != nil {
 				return buf, err
 			}
 			continue
 		}
-		if len(buf) > 0 {
+		if len(buf) > maxHeader {
 			buf = append(buf, '\n')
 		}
 		buf = append(buf, frame...)
 	}
-	if len(buf) > 0 {
+	if len(buf) > maxHeader {
 		if err := ws.write(buf); err != nil {
 			return buf, err
 		}
@@ -367,21 +381,70 @@ func (ws *wsConn) writeItems(buf []byte, items []hub.Item) ([]byte, error) {
 	return buf, nil
 }
 
-// write sends one message in one system call, bounded by
-// Config.WriteTimeout through the connection's deadline: no context or
-// timer is made per write.
+// maxHeader is the longest header of an unmasked WebSocket frame.
+const maxHeader = 10
+
+// putHeader writes the header of a final text frame of n payload bytes
+// at the end of dst (maxHeader bytes) and returns where it starts.
+func putHeader(dst []byte, n int) int {
+	switch {
+	case n < 126:
+		dst[8], dst[9] = 0x81, byte(n)
+		return 8
+	case n <= 0xFFFF:
+		dst[6], dst[7] = 0x81, 126
+		binary.BigEndian.PutUint16(dst[8:], uint16(n))
+		return 6
+	default:
+		dst[0], dst[1] = 0x81, 127
+		binary.BigEndian.PutUint64(dst[2:], uint64(n))
+		return 0
+	}
+}
+
+// write sends msg (payload after maxHeader reserved bytes) as one text
+// message in one system call, bounded by Config.WriteTimeout through the
+// connection's deadline: no context, timer or lock of the library per
+// message. Every frame on the connection, the library's included, goes
+// out in a single write, so none can interleave with another.
 func (ws *wsConn) write(msg []byte) error {
-	if ws.netConn == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), ws.s.cfg.WriteTimeout)
-		defer cancel()
-		return ws.conn.Write(ctx, websocket.MessageText, msg)
-	}
-	ws.netConn.begin()
-	err := ws.conn.Write(context.Background(), websocket.MessageText, msg)
-	if err2 := ws.netConn.end(ws.s.cfg.WriteTimeout, 4*ws.s.cfg.MaxMessageBytes); err == nil {
-		err = err2
-	}
+	start := putHeader(msg[:maxHeader], len(msg)-maxHeader)
+	ws.armDeadline()
+	_, err := ws.netConn.Write(msg[start:])
 	return err
+}
+
+// writeShared sends a frame shared with other subscribers as one message
+// without copying it: header and payload in one vectored write.
+func (ws *wsConn) writeShared(frame []byte) error {
+	var hdr [maxHeader]byte
+	start := putHeader(hdr[:], len(frame))
+	ws.armDeadline()
+	bufs := net.Buffers{hdr[start:], frame}
+	_, err := bufs.WriteTo(ws.netConn)
+	return err
+}
+
+// armDeadline bounds the next write by Config.WriteTimeout. It is never
+// cleared: whatever writes next arms it again (the library's own pongs
+// through OnPingReceived, its close frames through closeWith).
+func (ws *wsConn) armDeadline() {
+	_ = ws.netConn.SetWriteDeadline(time.Now().Add(ws.s.cfg.WriteTimeout))
+}
+
+// closeWith starts the close handshake with code; after it no message
+// may follow.
+func (ws *wsConn) closeWith(code websocket.StatusCode, reason string) {
+	ws.closing.Store(true)
+	ws.armDeadline()
+	_ = ws.conn.Close(code, reason)
+}
+
+// onPing lets the library answer a client's ping, with the write
+// deadline armed for it.
+func (ws *wsConn) onPing(context.Context, []byte) bool {
+	ws.armDeadline()
+	return true
 }
 
 // pingFrame is a WebSocket ping from the server: FIN, opcode 9, no
@@ -393,10 +456,8 @@ var pingFrame = []byte{0x89, 0x00}
 // since; a client that did not answer is cut off (its reader then cleans
 // up). The ping is written straight to the connection rather than with
 // the library's Ping, which would park a goroutine, two contexts and
-// their timers on every connection for every round trip: every frame
-// reaches the connection in one write (see batchConn), so frames cannot
-// interleave. While a writer runs, its write deadline watches the
-// client instead.
+// their timers on every connection for every round trip. While a writer
+// runs, its write deadline watches the client instead.
 func (ws *wsConn) keepalive() {
 	if ws.closed.Load() {
 		return
@@ -411,16 +472,10 @@ func (ws *wsConn) keepalive() {
 		ws.pinger.Reset(aligned(max(cfg.Keepalive-cfg.WriteTimeout, 0)))
 		return
 	}
-	if ws.netConn == nil {
-		ws.pingWithLibrary()
-		return
-	}
-	if !ws.writing.Load() {
+	if !ws.writing.Load() && !ws.closing.Load() {
 		now := time.Now()
-		_ = ws.netConn.Conn.SetWriteDeadline(now.Add(cfg.WriteTimeout))
-		_, err := ws.netConn.Conn.Write(pingFrame)
-		_ = ws.netConn.Conn.SetWriteDeadline(time.Time{})
-		if err != nil {
+		ws.armDeadline()
+		if _, err := ws.netConn.Write(pingFrame); err != nil {
 			_ = ws.conn.CloseNow()
 			return
 		}
@@ -446,24 +501,6 @@ func aligned(d time.Duration) time.Duration {
 
 // pong records a pong (the library calls it from the reader).
 func (ws *wsConn) pong(context.Context, []byte) { ws.pongAt.Store(time.Now().UnixNano()) }
-
-// pingWithLibrary pings through coder/websocket when the hijacked
-// connection was not seen.
-func (ws *wsConn) pingWithLibrary() {
-	ctx, cancel := context.WithTimeout(context.Background(), ws.s.cfg.WriteTimeout)
-	err := ws.conn.Ping(ctx)
-	cancel()
-	if err != nil {
-		if !ws.closed.Load() {
-			ws.s.log.Debug("websocket ping unanswered", "err", err)
-			_ = ws.conn.CloseNow()
-		}
-		return
-	}
-	if !ws.closed.Load() {
-		ws.pinger.Reset(ws.s.cfg.Keepalive)
-	}
-}
 
 // readLoop handles control messages until the connection fails or the
 // control channel is abused. Replies go through the client's queue, so

@@ -72,7 +72,7 @@ type Client struct {
 
 	doneOnce sync.Once
 	done     chan struct{}
-	reason   DisconnectReason // written before done is closed
+	reason   atomic.Int32 // a DisconnectReason, stored before done is closed
 
 	tokenID atomic.Pointer[string]
 
@@ -178,12 +178,7 @@ func (c *Client) Done() <-chan struct{} { return c.done }
 
 // Reason says why Done was closed.
 func (c *Client) Reason() DisconnectReason {
-	select {
-	case <-c.done:
-		return c.reason
-	default:
-		return DisconnectNone
-	}
+	return DisconnectReason(c.reason.Load())
 }
 
 // Disconnect ends the client for reason; its transport sees Done (and a
@@ -191,7 +186,7 @@ func (c *Client) Reason() DisconnectReason {
 func (c *Client) Disconnect(reason DisconnectReason) {
 	fired := false
 	c.doneOnce.Do(func() {
-		c.reason = reason
+		c.reason.Store(int32(reason))
 		close(c.done)
 		fired = true
 	})
@@ -407,7 +402,7 @@ func (c *Client) queueRawLocked(raw []byte) {
 		// Not Disconnect: it signals, and the caller signals after
 		// unlocking anyway.
 		c.doneOnce.Do(func() {
-			c.reason = DisconnectPolicy
+			c.reason.Store(int32(DisconnectPolicy))
 			close(c.done)
 		})
 		return
