@@ -1,8 +1,12 @@
 package handlers
 
 import (
+	"context"
 	"errors"
+	"net"
 	"net/http"
+	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -48,6 +52,13 @@ func (s *Server) admit(c *gin.Context, subscribe func(Principal) bool) (p Princi
 }
 
 // handleSSE serves GET <base>/topologies/:id/events (PROTOCOL §7).
+//
+// Like a WebSocket, an open stream costs one goroutine, which waits for
+// the client to hang up: once admitted, the connection is hijacked and
+// the handler returns (net/http's per-request state goes with it), a
+// writer runs only while there is something to write, and keepalives
+// and the session's end are timers. The response is HTTP/1.1 chunked
+// (HTTP/1.0: ended by closing), as net/http would send it.
 func (s *Server) handleSSE(c *gin.Context) {
 	id := c.Param("id")
 	if err := hub.ValidateTopologyID(id); err != nil {
@@ -56,11 +67,6 @@ func (s *Server) handleSSE(c *gin.Context) {
 		return
 	}
 	var client *hub.Client
-	defer func() {
-		if client != nil {
-			client.Close()
-		}
-	}()
 	p, release, ok := s.admit(c, func(p Principal) bool {
 		since := c.GetHeader("Last-Event-ID")
 		if since == "" {
@@ -77,83 +83,196 @@ func (s *Server) handleSSE(c *gin.Context) {
 			s.log.Error("snapshot read failed", "topology", id, "err", err)
 			abortJSON(c, http.StatusServiceUnavailable, "snapshot source unavailable")
 		}
+		client.Close()
 		return false
 	})
 	if !ok {
+		if client != nil {
+			client.Close() // subscribed, then refused by the cap
+		}
 		return
 	}
-	defer release()
 	client.SetTokenID(p.JTI)
+	sc := &sseConn{s: s, client: client, chunked: c.Request.ProtoAtLeast(1, 1)}
+	c.Status(http.StatusOK) // for the access log
+	conn, _, err := c.Writer.Hijack()
+	if err != nil {
+		s.log.Error("sse stream not started", "err", err)
+		client.Close()
+		release()
+		return
+	}
+	sc.conn = conn
+	if err := sc.start(); err != nil {
+		_ = conn.Close()
+		client.Close()
+		release()
+		return
+	}
+	client.SetWake(sc.wake)
+	sc.keepalive = time.AfterFunc(aligned(s.cfg.Keepalive), sc.keep)
+	sc.expiry = sessionTimer(p.Expires, func() { client.Disconnect(hub.DisconnectExpired) })
 	if s.draining.Load() {
 		// Drain ran between admit and NewClient and did not see us.
-		return
+		client.Disconnect(hub.DisconnectShutdown)
 	}
+	go sc.serve(release)
+}
 
-	w := c.Writer
-	rc := http.NewResponseController(w)
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
+// sseHead is the response head of every stream, with its first bytes (a
+// keepalive comment, flushed at once) for HTTP/1.1; sseHead10 for
+// HTTP/1.0, whose body ends when the connection closes.
+var (
+	sseHead   = []byte("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nTransfer-Encoding: chunked\r\n\r\nd\r\n: keepalive\n\n\r\n")
+	sseHead10 = []byte("HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n: keepalive\n\n")
+	sseEnd    = []byte("0\r\n\r\n")
+)
 
-	write := func(frames ...[]byte) bool {
-		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteTimeout))
-		for _, f := range frames {
-			if _, err := w.Write(f); err != nil {
-				return false
-			}
-		}
-		return rc.Flush() == nil
+// sseConn is one hijacked SSE stream.
+type sseConn struct {
+	s       *Server
+	conn    net.Conn
+	client  *hub.Client
+	chunked bool
+
+	keepalive, expiry *time.Timer
+	// writing is set while a writer runs, and for good once the stream
+	// is ending; closed once the reader has cleaned up.
+	writing, closed atomic.Bool
+}
+
+func (sc *sseConn) start() error {
+	head := sseHead
+	if !sc.chunked {
+		head = sseHead10
 	}
-	if !write(sseKeepalive) {
-		return
-	}
+	return sc.write(head)
+}
 
-	ctx := c.Request.Context()
-	keepalive := time.NewTicker(s.cfg.Keepalive)
-	defer keepalive.Stop()
-	expiry := sessionTimer(p.Expires)
-	defer expiry.Stop()
-	var items []hub.Item
-	var frames [][]byte
+// write sends b in one system call within Config.WriteTimeout.
+func (sc *sseConn) write(b []byte) error {
+	_ = sc.conn.SetWriteDeadline(time.Now().Add(sc.s.cfg.WriteTimeout))
+	_, err := sc.conn.Write(b)
+	return err
+}
+
+// serve waits for the client to hang up (an SSE client sends nothing
+// after its request), then releases everything.
+func (sc *sseConn) serve(release func()) {
+	defer release()
+	var b [64]byte
 	for {
-		select {
-		case <-ctx.Done():
+		if _, err := sc.conn.Read(b[:]); err != nil {
+			break
+		}
+	}
+	sc.closed.Store(true)
+	sc.keepalive.Stop()
+	sc.expiry.Stop()
+	_ = sc.conn.Close()
+	sc.client.Close()
+}
+
+// wake starts a writer unless one is running.
+func (sc *sseConn) wake() {
+	if sc.writing.CompareAndSwap(false, true) {
+		go sc.writeLoop()
+	}
+}
+
+// writeLoop writes what the client's queue holds, each batch in one
+// chunk, then exits; when the hub ends the client, or its topology is
+// gone, it ends the stream.
+func (sc *sseConn) writeLoop() {
+	b := writeBuffers.Get().(*writeBuffer)
+	defer b.put(4 * sc.s.cfg.MaxMessageBytes)
+	for {
+		if sc.client.Reason() != hub.DisconnectNone {
+			sc.end() // writing stays set: nothing follows the end
 			return
-		case <-client.Done():
-			return
-		case <-expiry.C:
-			return
-		case <-keepalive.C:
-			if !write(sseKeepalive) {
-				return
-			}
-		case <-client.Ready():
-			var err error
-			items, err = client.Pop(ctx, items[:0])
-			if err != nil {
-				s.logSnapshotRetry(err)
-			}
-			frames = frames[:0]
+		}
+		var err error
+		b.items, err = sc.client.Pop(context.Background(), b.items[:0])
+		if err != nil {
+			sc.s.logSnapshotRetry(err)
+		}
+		if len(b.items) > 0 {
 			gone := false
-			for _, it := range items {
+			b.msg = append(b.msg[:0], make([]byte, maxChunkHeader)...)
+			for _, it := range b.items {
 				switch {
 				case it.Event != nil:
-					frames = append(frames, it.Event.SSEFrame())
+					b.msg = append(b.msg, it.Event.SSEFrame()...)
 				case it.Err != nil:
-					frames = append(frames, sseNotFound)
+					b.msg = append(b.msg, sseNotFound...)
 					gone = true
 				}
 			}
-			clear(items)
-			ok := len(frames) == 0 || write(frames...)
-			clear(frames)
-			if !ok || gone {
+			clear(b.items)
+			if err := sc.write(sc.chunk(b.msg)); err != nil || gone {
+				if gone {
+					sc.end()
+				}
+				_ = sc.conn.Close() // the reader sees it and cleans up
 				return
 			}
+			continue
+		}
+		sc.writing.Store(false)
+		if !sc.client.Pending() && sc.client.Reason() == hub.DisconnectNone {
+			return
+		}
+		if !sc.writing.CompareAndSwap(false, true) {
+			return
 		}
 	}
+}
+
+// maxChunkHeader is room for a chunk's size line: 8 hex digits and CRLF.
+const maxChunkHeader = 10
+
+// chunk frames msg (payload after maxChunkHeader reserved bytes) as one
+// HTTP chunk, or returns the payload alone for HTTP/1.0.
+func (sc *sseConn) chunk(msg []byte) []byte {
+	if !sc.chunked {
+		return msg[maxChunkHeader:]
+	}
+	n := len(msg) - maxChunkHeader
+	var size [8]byte
+	hex := strconv.AppendInt(size[:0], int64(n), 16)
+	start := maxChunkHeader - len(hex) - 2
+	copy(msg[start:], hex)
+	msg[maxChunkHeader-2], msg[maxChunkHeader-1] = '\r', '\n'
+	return append(msg[start:], '\r', '\n')
+}
+
+// end finishes the response and closes the connection.
+func (sc *sseConn) end() {
+	if sc.chunked {
+		_ = sc.write(sseEnd)
+	}
+	_ = sc.conn.Close()
+}
+
+// keep writes a keepalive comment every Config.Keepalive, unless a writer
+// is running (then the stream is not idle).
+func (sc *sseConn) keep() {
+	if sc.closed.Load() {
+		return
+	}
+	if sc.writing.CompareAndSwap(false, true) {
+		b := append(make([]byte, maxChunkHeader, maxChunkHeader+len(sseKeepalive)+2), sseKeepalive...)
+		err := sc.write(sc.chunk(b))
+		sc.writing.Store(false)
+		if err != nil {
+			_ = sc.conn.Close()
+			return
+		}
+		if sc.client.Pending() || sc.client.Reason() != hub.DisconnectNone {
+			sc.wake() // something arrived while the comment was written
+		}
+	}
+	sc.keepalive.Reset(aligned(sc.s.cfg.Keepalive))
 }
 
 // logSnapshotRetry logs a resync snapshot that could not be read (the hub
@@ -162,12 +281,12 @@ func (s *Server) logSnapshotRetry(err error) {
 	s.logRetries.Do(func() { s.log.Warn("snapshot read failed; retrying", "err", err) })
 }
 
-// sessionTimer fires when the session ends; never when exp is zero.
-func sessionTimer(exp time.Time) *time.Timer {
-	if exp.IsZero() {
-		t := time.NewTimer(time.Hour)
-		t.Stop()
-		return t
+// sessionTimer runs end when the session ends; never when exp is zero.
+func sessionTimer(exp time.Time, end func()) *time.Timer {
+	t := time.AfterFunc(time.Hour, end)
+	t.Stop()
+	if !exp.IsZero() {
+		t.Reset(time.Until(exp))
 	}
-	return time.NewTimer(time.Until(exp))
+	return t
 }

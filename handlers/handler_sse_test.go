@@ -1,9 +1,11 @@
 package handlers
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -374,3 +376,33 @@ func TestOneRedisSubscriptionForAllClients(t *testing.T) {
 }
 
 func redisIsExternal() bool { return pkgRedis.External() }
+
+// TestSSEOverHTTP10 checks the stream of a client that cannot take
+// chunked encoding: frames as they are, ended by closing.
+func TestSSEOverHTTP10(t *testing.T) {
+	th := newTestHub(t)
+	id := th.newTopology()
+	conn, err := net.Dial("tcp", strings.TrimPrefix(th.http.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /api/v1/topologies/%s/events HTTP/1.0\r\nAuthorization: Bearer %s\r\n\r\n", id, th.token())
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var got []byte
+	buf := make([]byte, 4096)
+	for !bytes.Contains(got, []byte("event: snapshot\ndata: ")) || !bytes.HasSuffix(got, []byte("\n\n")) {
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("read: %v; got %q", err, got)
+		}
+		got = append(got, buf[:n]...)
+	}
+	head, body, _ := bytes.Cut(got, []byte("\r\n\r\n"))
+	if !bytes.HasPrefix(head, []byte("HTTP/1.0 200 OK\r\n")) || bytes.Contains(head, []byte("chunked")) || !bytes.Contains(head, []byte("Content-Type: text/event-stream")) {
+		t.Fatalf("head %q", head)
+	}
+	if !bytes.HasPrefix(body, []byte(": keepalive\n\nid: ")) {
+		t.Fatalf("body %q: want the keepalive then the snapshot, unframed", body)
+	}
+}

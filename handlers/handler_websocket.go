@@ -175,7 +175,7 @@ func (s *Server) handleWebSocket(c *gin.Context) {
 	ws.client.SetTokenID(p.JTI)
 	ws.client.SetWake(ws.wake)
 	ws.setExpires(p.Expires)
-	ws.expiry = time.AfterFunc(time.Hour, ws.expire)
+	ws.expiry = sessionTimer(time.Time{}, ws.expire)
 	ws.rearmExpiry()
 	ws.pinger = time.AfterFunc(aligned(s.cfg.Keepalive), ws.keepalive)
 	if s.draining.Load() {
@@ -281,27 +281,30 @@ func (ws *wsConn) wake() {
 	}
 }
 
-// wsBuffers hold a writer's outgoing message while it runs; an idle
-// connection holds none.
-var wsBuffers = sync.Pool{New: func() any { return new(wsBuffer) }}
+// writeBuffers hold a writer's outgoing message while it runs, for both
+// transports; an idle connection holds none.
+var writeBuffers = sync.Pool{New: func() any { return new(writeBuffer) }}
 
-type wsBuffer struct {
+type writeBuffer struct {
 	msg   []byte
 	items []hub.Item
+}
+
+// put returns b to the pool unless a burst made it larger than keep.
+func (b *writeBuffer) put(keep int) {
+	clear(b.items)
+	if cap(b.msg) <= keep && cap(b.items) <= 4096 {
+		b.msg, b.items = b.msg[:0], b.items[:0]
+		writeBuffers.Put(b)
+	}
 }
 
 // writeLoop writes what the client's queue holds until it is empty, then
 // exits; when the hub ends the client it closes the connection with the
 // reason's code.
 func (ws *wsConn) writeLoop() {
-	b := wsBuffers.Get().(*wsBuffer)
-	defer func() {
-		clear(b.items)
-		if cap(b.msg) <= 4*ws.s.cfg.MaxMessageBytes && cap(b.items) <= 4096 {
-			b.msg, b.items = b.msg[:0], b.items[:0]
-			wsBuffers.Put(b)
-		}
-	}()
+	b := writeBuffers.Get().(*writeBuffer)
+	defer b.put(4 * ws.s.cfg.MaxMessageBytes)
 	for {
 		if r := ws.client.Reason(); r != hub.DisconnectNone {
 			// writing stays set: no writer starts after the close.
