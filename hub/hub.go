@@ -235,7 +235,7 @@ func (h *Hub) cursor(seq uint64) string {
 // a *DropError; it never disturbs the hub.
 func (h *Hub) HandleMessage(channel string, body []byte) error {
 	h.stats.Received.Add(1)
-	ev, err := h.decoder.Decode(channel, body, h.cfg.Now())
+	ev, err := h.decoder.decode(channel, body, h.cfg.Now)
 	if err != nil {
 		var de *DropError
 		if errors.As(err, &de) {
