@@ -610,22 +610,11 @@ func (cl *client) runWS() {
 	}
 	u.Scheme = strings.Replace(u.Scheme, "http", "ws", 1)
 	for first := true; ; first = false {
-		if !first {
-			cl.reconnected()
-			if !cl.backoff(&delay) {
-				return
-			}
+		t, ok, stop := cl.attempt(ctx, first, &delay)
+		if stop {
+			return
 		}
-		t, code, err := cl.ticket(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			if refused(code) {
-				cl.setFatal(err.Error())
-				return
-			}
-			cl.trouble("ticket", err)
+		if !ok {
 			continue
 		}
 		q := u.Query()
@@ -726,27 +715,42 @@ func (cl *client) serveWS(ctx context.Context, conn *websocket.Conn) bool {
 	}
 }
 
+// attempt starts one connection attempt of a reconnect loop: it waits out
+// the backoff (not before the first attempt) and gets a fresh ticket.
+// ok=false asks the loop to try again; stop=true ends it (the checker is
+// stopping, or the hub refused the credentials for good).
+func (cl *client) attempt(ctx context.Context, first bool, delay *time.Duration) (ticket string, ok, stop bool) {
+	if !first {
+		cl.reconnected()
+		if !cl.backoff(delay) {
+			return "", false, true
+		}
+	}
+	t, code, err := cl.ticket(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", false, true
+		}
+		if refused(code) {
+			cl.setFatal(err.Error())
+			return "", false, true
+		}
+		cl.trouble("ticket", err)
+		return "", false, false
+	}
+	return t, true, false
+}
+
 func (cl *client) runSSE() {
 	ctx := cl.c.ctx
 	id := cl.topos[0]
 	delay := 100 * time.Millisecond
 	for first := true; ; first = false {
-		if !first {
-			cl.reconnected()
-			if !cl.backoff(&delay) {
-				return
-			}
+		t, ok, stop := cl.attempt(ctx, first, &delay)
+		if stop {
+			return
 		}
-		t, code, err := cl.ticket(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			if refused(code) {
-				cl.setFatal(err.Error())
-				return
-			}
-			cl.trouble("ticket", err)
+		if !ok {
 			continue
 		}
 		// Like the legacy editor: a new EventSource with a fresh ticket,
