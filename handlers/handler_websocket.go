@@ -491,8 +491,11 @@ func (ws *wsConn) keepalive() {
 
 // keepaliveGrain is what keepalive timers are rounded up to: those due
 // within it fire together, so 10,000 idle connections wake the process
-// a few times a second in all rather than 700 times.
-const keepaliveGrain = 250 * time.Millisecond
+// 50 times a second rather than 700. Not coarser: at 250 ms each tick
+// wrote ~170 pings at once, and the deliveries queued behind those
+// bursts were the fan-out's latency tail (p99 7 ms against 3.8 ms with
+// no keepalive at all; 3.9 ms at 20 ms, for the same idle CPU).
+const keepaliveGrain = 20 * time.Millisecond
 
 // aligned returns d, lengthened so that it ends on a keepaliveGrain
 // boundary.
