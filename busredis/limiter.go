@@ -130,7 +130,9 @@ func (l *Limiter) InstanceKey() string { return l.instanceKey }
 // instances, and takes a slot unless the sum has reached the cap.
 // KEYS[1] the user's hash; ARGV max, this instance's id, the prefix of
 // instance keys. Returns the new sum, or minus the sum when refused.
-var acquireScript = redis.NewScript(`
+var acquireScript = redis.NewScript(acquireSrc)
+
+const acquireSrc = `
 local fields = redis.call('HGETALL', KEYS[1])
 local total = 0
 for i = 1, #fields, 2 do
@@ -146,25 +148,28 @@ if total >= tonumber(ARGV[1]) then
 end
 redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 return total + 1
-`)
+`
 
 // releaseScript gives back one slot. KEYS[1] the user's hash; ARGV[1]
 // this instance's id.
-var releaseScript = redis.NewScript(`
+var releaseScript = redis.NewScript(releaseSrc)
+
+const releaseSrc = `
 if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then
 	redis.call('HDEL', KEYS[1], ARGV[1])
 end
 return 0
-`)
+`
 
 // Acquire takes a slot for user, failing with hub.ErrTooManyConnections
 // when the user holds Max streams across the deployment. Any other error
-// is Redis failing. The release it returns may be called more than once;
-// only the first call counts.
+// is Redis failing, or ctx ending first: the wait is bounded by ctx even
+// on an autopipeliner (see process). The release it returns may be called
+// more than once; only the first call counts.
 func (l *Limiter) Acquire(ctx context.Context, user string) (func(), error) {
 	l.assert.RLock()
 	defer l.assert.RUnlock()
-	n, err := acquireScript.Run(ctx, l.rdb, []string{l.ConnsKey(user)}, l.cfg.Max, l.cfg.InstanceID, l.cfg.Prefix+"instance:").Int64()
+	n, err := evalScript(ctx, l.rdb, acquireScript, acquireSrc, []string{l.ConnsKey(user)}, l.cfg.Max, l.cfg.InstanceID, l.cfg.Prefix+"instance:").Int64()
 	if err != nil {
 		// The script may have run and only its answer been lost: the next
 		// heartbeat writes the count this instance really holds.
@@ -191,7 +196,7 @@ func (l *Limiter) release(user string) {
 	l.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
-	if err := releaseScript.Run(ctx, l.rdb, []string{l.ConnsKey(user)}, l.cfg.InstanceID).Err(); err != nil {
+	if err := evalScript(ctx, l.rdb, releaseScript, releaseSrc, []string{l.ConnsKey(user)}, l.cfg.InstanceID).Err(); err != nil {
 		l.markDirty(user)
 		l.log.Warn("connection slot release failed; the next heartbeat repairs the count", "err", err)
 	}

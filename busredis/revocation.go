@@ -36,16 +36,17 @@ func NewRevocations(rdb redis.Cmdable, key string) *Revocations {
 func (r *Revocations) Key() string { return r.key }
 
 // Revoked reports whether jti is in the set. An empty jti (a token
-// without one) is never revoked.
+// without one) is never revoked. The wait for Redis is bounded by ctx
+// (see process).
 func (r *Revocations) Revoked(ctx context.Context, jti string) (bool, error) {
 	if jti == "" {
 		return false, nil
 	}
-	ok, err := r.rdb.SIsMember(ctx, r.key, jti).Result()
-	if err != nil {
+	cmd := redis.NewBoolCmd(ctx, "sismember", r.key, jti)
+	if err := process(ctx, r.rdb, cmd); err != nil {
 		return false, fmt.Errorf("check revocation: %w", err)
 	}
-	return ok, nil
+	return cmd.Val(), nil
 }
 
 // RevokedMany answers Revoked for every id of jtis in one round trip

@@ -60,7 +60,7 @@ type ticketValue struct {
 }
 
 // Mint stores a new ticket bound to p: 256 random bits, URL-safe base64
-// without padding.
+// without padding. The wait for Redis is bounded by ctx (see process).
 func (t *Tickets) Mint(ctx context.Context, p hub.Principal) (string, time.Duration, error) {
 	var b [ticketBytes]byte
 	_, _ = rand.Read(b[:]) // never fails: crypto/rand crashes the program instead
@@ -73,7 +73,8 @@ func (t *Tickets) Mint(ctx context.Context, p hub.Principal) (string, time.Durat
 	if err != nil {
 		return "", 0, fmt.Errorf("encode ticket: %w", err)
 	}
-	if err := t.rdb.Set(ctx, t.Key(ticket), val, t.ttl).Err(); err != nil {
+	set := redis.NewStatusCmd(ctx, "set", t.Key(ticket), val, "px", t.ttl.Milliseconds())
+	if err := process(ctx, t.rdb, set); err != nil {
 		return "", 0, fmt.Errorf("store ticket: %w", err)
 	}
 	return ticket, t.ttl, nil
@@ -81,20 +82,24 @@ func (t *Tickets) Mint(ctx context.Context, p hub.Principal) (string, time.Durat
 
 // Redeem consumes ticket: the first caller gets its principal, every
 // later one (on any instance) hub.ErrTicketInvalid, as does an unknown
-// or expired ticket. Any other error is Redis failing.
+// or expired ticket. Any other error is Redis failing, or ctx ending
+// first (the wait is bounded by ctx; see process): the ticket may then
+// have been consumed all the same, and the client mints another.
 func (t *Tickets) Redeem(ctx context.Context, ticket string) (hub.Principal, error) {
 	if !wellFormedTicket(ticket) {
 		// Not one we could have minted: no need to ask Redis, and no
 		// arbitrary caller-chosen key name reaches it.
 		return hub.Principal{}, hub.ErrTicketInvalid
 	}
-	raw, err := t.rdb.GetDel(ctx, t.Key(ticket)).Bytes()
+	get := redis.NewStringCmd(ctx, "getdel", t.Key(ticket))
+	err := process(ctx, t.rdb, get)
 	if errors.Is(err, redis.Nil) {
 		return hub.Principal{}, hub.ErrTicketInvalid
 	}
 	if err != nil {
 		return hub.Principal{}, fmt.Errorf("redeem ticket: %w", err)
 	}
+	raw, _ := get.Bytes()
 	var v ticketValue
 	if err := json.Unmarshal(raw, &v); err != nil || v.User == "" {
 		return hub.Principal{}, fmt.Errorf("%w: stored value is not a ticket", hub.ErrTicketInvalid)
