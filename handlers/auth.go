@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,6 +19,9 @@ import (
 
 // MinSecretLen is the shortest HS256 secret accepted.
 const MinSecretLen = 32
+
+// DefaultMaxSession is AuthConfig.MaxSession's default.
+const DefaultMaxSession = 24 * time.Hour
 
 // AuthConfig configures token verification (PROTOCOL §5).
 type AuthConfig struct {
@@ -36,6 +40,12 @@ type AuthConfig struct {
 	RoleClaim string
 	// Roles allowed to open streams. Zero value means viewer and admin.
 	Roles []string
+	// MaxSession caps a session's length whatever the token's exp: a
+	// session opened (or refreshed) with a token or ticket ends at the
+	// token's exp or MaxSession after the credential was presented,
+	// whichever is first; a ticket carries that end. Zero value means
+	// 24h.
+	MaxSession time.Duration
 	// AllowQueryToken accepts a raw JWT in ?token= (legacy clients).
 	// Zero value means refused: a token in a URL ends up in proxy logs.
 	AllowQueryToken bool
@@ -84,6 +94,9 @@ func NewAuthenticator(cfg AuthConfig, tickets TicketStore) (*Authenticator, erro
 	if len(cfg.Roles) == 0 {
 		cfg.Roles = []string{"viewer", "admin"}
 	}
+	if cfg.MaxSession <= 0 {
+		cfg.MaxSession = DefaultMaxSession
+	}
 	opts := []jwt.ParserOption{
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
 		jwt.WithExpirationRequired(),
@@ -123,15 +136,17 @@ func (a *Authenticator) VerifyToken(raw string) (Principal, error) {
 	var typ, user, role, jti, sub string
 	var exp *jwt.NumericDate
 	keyFunc := func(*jwt.Token) (any, error) { return a.cfg.Secret, nil }
+	var tok *jwt.Token
+	var err error
 	if a.cfg.RoleClaim == "role" {
 		var c tokenClaims
-		if _, err := a.parser.ParseWithClaims(raw, &c, keyFunc); err != nil {
+		if tok, err = a.parser.ParseWithClaims(raw, &c, keyFunc); err != nil {
 			return Principal{}, unauthorized("invalid token: %s", tokenProblem(err))
 		}
 		typ, user, role, jti, sub, exp = rawString(c.Typ), rawString(c.UUID), rawString(c.Role), c.ID, c.Subject, c.ExpiresAt
 	} else {
 		claims := jwt.MapClaims{}
-		if _, err := a.parser.ParseWithClaims(raw, claims, keyFunc); err != nil {
+		if tok, err = a.parser.ParseWithClaims(raw, claims, keyFunc); err != nil {
 			return Principal{}, unauthorized("invalid token: %s", tokenProblem(err))
 		}
 		typ, _ = claims["typ"].(string)
@@ -140,6 +155,12 @@ func (a *Authenticator) VerifyToken(raw string) (Principal, error) {
 		jti, _ = claims["jti"].(string)
 		sub, _ = claims["sub"].(string)
 		exp, _ = claims.GetExpirationTime()
+	}
+	if _, ok := tok.Header["crit"]; ok {
+		// RFC 7515 §4.1.11: a recipient must refuse a token whose crit
+		// lists an extension it does not understand, and topohub
+		// understands none.
+		return Principal{}, unauthorized("invalid token: unsupported crit header")
 	}
 	if a.cfg.Type != "" && typ != a.cfg.Type {
 		return Principal{}, unauthorized("invalid token: typ is not %q", a.cfg.Type)
@@ -154,10 +175,21 @@ func (a *Authenticator) VerifyToken(raw string) (Principal, error) {
 	if exp != nil {
 		p.Expires = exp.Time
 	}
+	p.Expires = a.capSession(p.Expires, time.Now())
 	if err := a.checkRole(p); err != nil {
 		return Principal{}, err
 	}
 	return p, nil
+}
+
+// capSession returns the end of a session opened at now whose credential
+// expires at exp (zero: never): the earlier of exp and now+MaxSession.
+func (a *Authenticator) capSession(exp, now time.Time) time.Time {
+	limit := now.Add(a.cfg.MaxSession)
+	if exp.IsZero() || exp.After(limit) {
+		return limit
+	}
+	return exp
 }
 
 func (a *Authenticator) checkRole(p Principal) error {
@@ -189,9 +221,9 @@ func tokenProblem(err error) string {
 }
 
 // Authenticate reads the request's credential: an Authorization Bearer
-// header, a ?ticket=, or (only when enabled) a ?token=.
-func (a *Authenticator) Authenticate(c *gin.Context) (Principal, error) {
-	ctx := c.Request.Context()
+// header, a ?ticket=, or (only when enabled) a ?token=. ctx bounds the
+// Redis calls (ticket, revocation).
+func (a *Authenticator) Authenticate(ctx context.Context, c *gin.Context) (Principal, error) {
 	if h := c.GetHeader("Authorization"); h != "" {
 		tok, err := bearerToken(h)
 		if err != nil {
@@ -264,9 +296,11 @@ func (a *Authenticator) RedeemTicket(ctx context.Context, ticket string) (Princi
 		}
 		return Principal{}, err
 	}
-	if !p.Expires.IsZero() && !time.Now().Before(p.Expires) {
+	now := time.Now()
+	if !p.Expires.IsZero() && !now.Before(p.Expires) {
 		return Principal{}, unauthorized("the session this ticket was minted from has expired")
 	}
+	p.Expires = a.capSession(p.Expires, now)
 	if err := a.checkRole(p); err != nil {
 		return Principal{}, err
 	}
@@ -274,6 +308,12 @@ func (a *Authenticator) RedeemTicket(ctx context.Context, ticket string) (Princi
 		return Principal{}, err
 	}
 	return p, nil
+}
+
+// isAuthError tells a refused credential from a store that failed.
+func isAuthError(err error) bool {
+	var ae *AuthError
+	return errors.As(err, &ae)
 }
 
 // abortAuth answers a refused credential.
@@ -286,9 +326,27 @@ func abortAuth(c *gin.Context, err error) {
 		abortJSON(c, ae.Status, ae.Message)
 		return
 	}
-	abortJSON(c, http.StatusServiceUnavailable, "credential store unavailable")
+	abortUnavailable(c, "credential store unavailable")
 }
 
 func abortJSON(c *gin.Context, status int, msg string) {
 	c.AbortWithStatusJSON(status, gin.H{"error": msg})
+}
+
+// retryUnavailable is the Retry-After of a 503: Redis slow or down, or the
+// hub shutting down (a load balancer sends the retry elsewhere).
+const retryUnavailable = "1"
+
+// abortUnavailable answers 503 with Retry-After.
+func abortUnavailable(c *gin.Context, msg string) {
+	c.Header("Retry-After", retryUnavailable)
+	abortJSON(c, http.StatusServiceUnavailable, msg)
+}
+
+// abortTooMany answers 429 with Retry-After: after, rounded up to whole
+// seconds, at least 1.
+func abortTooMany(c *gin.Context, after time.Duration, msg string) {
+	secs := max(int64((after+time.Second-1)/time.Second), 1)
+	c.Header("Retry-After", strconv.FormatInt(secs, 10))
+	abortJSON(c, http.StatusTooManyRequests, msg)
 }

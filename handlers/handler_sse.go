@@ -19,31 +19,41 @@ var (
 	sseNotFound  = []byte("event: error\ndata: {\"code\":\"not_found\",\"message\":\"topology not found\"}\n\n")
 )
 
+// retryCap is the Retry-After of a 429 for the per-user cap: a slot frees
+// when one of the user's streams ends, which nothing here can foresee.
+const retryCap = 5 * time.Second
+
 // admit runs the checks every stream passes before it starts, in the
 // contract's order: authentication, then (for SSE) the subscription, whose
 // snapshot read tells whether the topology exists, so an unauthenticated
-// caller cannot probe ids, then the per-user cap. On refusal it has
-// answered and returns ok=false.
-func (s *Server) admit(c *gin.Context, subscribe func(Principal) bool) (p Principal, release func(), ok bool) {
+// caller cannot probe ids, then the per-user cap. Their Redis calls share
+// one deadline, Config.RequestTimeout, which subscribe's ctx carries. On
+// refusal it has answered and returns ok=false.
+func (s *Server) admit(c *gin.Context, subscribe func(context.Context, Principal) bool) (p Principal, release func(), ok bool) {
 	if s.draining.Load() {
-		abortJSON(c, http.StatusServiceUnavailable, "hub shutting down")
+		abortUnavailable(c, "hub shutting down")
 		return p, nil, false
 	}
-	p, err := s.auth.Authenticate(c)
+	ctx, cancel := context.WithTimeout(c.Request.Context(), s.cfg.RequestTimeout)
+	defer cancel()
+	p, err := s.auth.Authenticate(ctx, c)
 	if err != nil {
+		if !isAuthError(err) {
+			s.log.Error("credential check failed", "err", err)
+		}
 		abortAuth(c, err)
 		return p, nil, false
 	}
-	if subscribe != nil && !subscribe(p) {
+	if subscribe != nil && !subscribe(ctx, p) {
 		return p, nil, false
 	}
-	slot, err := s.cfg.Limiter.Acquire(c.Request.Context(), p.User)
+	slot, err := s.cfg.Limiter.Acquire(ctx, p.User)
 	if err != nil {
 		if errors.Is(err, hub.ErrTooManyConnections) {
-			abortJSON(c, http.StatusTooManyRequests, "too many open streams for this user")
+			abortTooMany(c, retryCap, "too many open streams for this user")
 		} else {
 			s.log.Error("connection limiter failed", "err", err)
-			abortJSON(c, http.StatusServiceUnavailable, "connection limiter unavailable")
+			abortUnavailable(c, "connection limiter unavailable")
 		}
 		return p, nil, false
 	}
@@ -62,26 +72,28 @@ func (s *Server) admit(c *gin.Context, subscribe func(Principal) bool) (p Princi
 func (s *Server) handleSSE(c *gin.Context) {
 	id := c.Param("id")
 	if err := hub.ValidateTopologyID(id); err != nil {
-		// Before authentication: says nothing about which ids exist.
-		abortJSON(c, http.StatusBadRequest, err.Error())
+		// Before authentication: says nothing about which ids exist. The
+		// id is echoed unless it may be a credential (a JWT put here by
+		// mistake).
+		abortJSON(c, http.StatusBadRequest, redactIn(err.Error(), id))
 		return
 	}
 	var client *hub.Client
-	p, release, ok := s.admit(c, func(p Principal) bool {
+	p, release, ok := s.admit(c, func(ctx context.Context, p Principal) bool {
 		since := c.GetHeader("Last-Event-ID")
 		if since == "" {
 			since = c.Query("lastEventId")
 		}
 		client = s.hub.NewClient(p.User)
-		err := client.Subscribe(c.Request.Context(), id, since, nil)
+		err := client.Subscribe(ctx, id, since, nil)
 		switch {
 		case err == nil:
 			return true
 		case errors.Is(err, hub.ErrNotFound):
 			abortJSON(c, http.StatusNotFound, "topology not found")
 		default:
-			s.log.Error("snapshot read failed", "topology", id, "err", err)
-			abortJSON(c, http.StatusServiceUnavailable, "snapshot source unavailable")
+			s.log.Error("snapshot read failed", "topology", redactSegment(id), "err", err)
+			abortUnavailable(c, "snapshot source unavailable")
 		}
 		client.Close()
 		return false
@@ -102,6 +114,7 @@ func (s *Server) handleSSE(c *gin.Context) {
 		release()
 		return
 	}
+	s.limitSendBuffer(conn)
 	sc.conn = conn
 	if err := sc.start(); err != nil {
 		_ = conn.Close()

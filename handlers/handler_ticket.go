@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"context"
 	"net/http"
 	"sync"
 	"time"
@@ -37,19 +38,25 @@ func (s *Server) handleTicket(c *gin.Context) {
 		abortAuth(c, err)
 		return
 	}
-	p, err := s.auth.verifyUnrevoked(c.Request.Context(), tok)
+	// The revocation check and the mint share one deadline.
+	ctx, cancel := context.WithTimeout(c.Request.Context(), s.cfg.RequestTimeout)
+	defer cancel()
+	p, err := s.auth.verifyUnrevoked(ctx, tok)
 	if err != nil {
+		if !isAuthError(err) {
+			s.log.Error("credential check failed", "err", err)
+		}
 		abortAuth(c, err)
 		return
 	}
 	if !s.minting.allow(p.User, time.Now()) {
-		abortJSON(c, http.StatusTooManyRequests, "too many tickets minted; slow down")
+		abortTooMany(c, time.Duration(float64(time.Second)/float64(s.cfg.TicketRate)), "too many tickets minted; slow down")
 		return
 	}
-	ticket, ttl, err := s.cfg.Tickets.Mint(c.Request.Context(), p)
+	ticket, ttl, err := s.cfg.Tickets.Mint(ctx, p)
 	if err != nil {
 		s.log.Error("ticket mint failed", "err", err)
-		abortJSON(c, http.StatusServiceUnavailable, "ticket store unavailable")
+		abortUnavailable(c, "ticket store unavailable")
 		return
 	}
 	c.Header("Cache-Control", "no-store")

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"github.com/gin-gonic/gin"
@@ -42,6 +43,9 @@ const (
 	// CloseTooBig (1009): a client message over 4 KiB. Do not send it
 	// again; reconnecting is fine.
 	CloseTooBig = websocket.StatusMessageTooBig
+	// CloseInvalidData (1007): a text message, or the reason of a close
+	// frame, that is not valid UTF-8 (RFC 6455 §8.1). Fix the client.
+	CloseInvalidData = websocket.StatusInvalidFramePayloadData
 	// CloseCredentials (4001): the session ended: the token's exp (or the
 	// exp of the token a ticket was minted from) passed without a refresh,
 	// or the token was revoked. Reconnect only with fresh credentials.
@@ -68,8 +72,12 @@ func closeForReason(r hub.DisconnectReason) (websocket.StatusCode, string) {
 // counts rate_limited replies.
 const controlAbuseWindow = 10 * time.Second
 
-// errControlAbuse ends the read loop when the control channel is abused.
-var errControlAbuse = errors.New("control channel abused")
+// errControlAbuse ends the read loop when the control channel is abused;
+// errInvalidUTF8 when a text message is not UTF-8.
+var (
+	errControlAbuse = errors.New("control channel abused")
+	errInvalidUTF8  = errors.New("text message is not valid UTF-8")
+)
 
 // originPattern is one entry of Config.AllowedOrigins, lower-cased.
 type originPattern struct {
@@ -169,6 +177,7 @@ func (s *Server) handleWebSocket(c *gin.Context) {
 	}
 	conn.SetReadLimit(maxControlMessage)
 
+	s.limitSendBuffer(hj.conn)
 	ws.conn, ws.netConn = conn, hj.conn
 	ws.client = s.hub.NewClient(p.User)
 	ws.limiter = rate.NewLimiter(s.cfg.ControlRate, s.cfg.ControlBurst)
@@ -212,11 +221,12 @@ type wsConn struct {
 	// being sent.
 	writing, closing atomic.Bool
 
-	// Read loop only.
+	// Read loop only (onPing runs on it too).
 	limiter     *rate.Limiter
 	violations  int
 	windowStart time.Time
 	readErr     error
+	pingAbuse   bool // pings abused the control channel: closing with 1008
 }
 
 func (ws *wsConn) setExpires(t time.Time) {
@@ -260,6 +270,8 @@ func (ws *wsConn) serve(release func()) {
 	switch {
 	case errors.Is(ws.readErr, errControlAbuse):
 		ws.closeWith(ClosePolicy, "control channel abuse")
+	case errors.Is(ws.readErr, errInvalidUTF8):
+		ws.closeWith(CloseInvalidData, "invalid UTF-8")
 	case errors.Is(ws.readErr, websocket.ErrMessageTooBig):
 		// The library has sent the close frame; Close completes the
 		// handshake.
@@ -444,8 +456,25 @@ func (ws *wsConn) closeWith(code websocket.StatusCode, reason string) {
 }
 
 // onPing lets the library answer a client's ping, with the write
-// deadline armed for it.
+// deadline armed for it. A ping is a control message like any other: it
+// takes a token of the control rate, and over it is answered rate_limited
+// instead of a pong and counts as a violation, so a ping flood ends with
+// 1008 as a message flood does. The library calls it on the reader
+// goroutine, which owns the limiter and the violation count; the close
+// runs on its own goroutine, since the close handshake needs the reader
+// to go on reading.
 func (ws *wsConn) onPing(context.Context, []byte) bool {
+	if ws.pingAbuse {
+		return false
+	}
+	if !ws.limiter.Allow() {
+		ws.reply(appendError(nil, nil, "", codeRateLimited, "too many control messages; slow down"))
+		if ws.violation() {
+			ws.pingAbuse = true
+			go ws.closeWith(ClosePolicy, "control channel abuse")
+		}
+		return false
+	}
 	ws.armDeadline()
 	return true
 }
@@ -521,6 +550,14 @@ func (ws *wsConn) readLoop() {
 			ws.readErr = err
 			return
 		}
+		if ws.pingAbuse {
+			continue // closing with 1008; nothing more is acted on
+		}
+		if typ == websocket.MessageText && !utf8.Valid(msg) {
+			// The library does not check; RFC 6455 §8.1 says fail.
+			ws.readErr = errInvalidUTF8
+			return
+		}
 		if !ws.limiter.Allow() {
 			f, _ := decodeControl(msg)
 			ws.reply(appendError(nil, f.ID, "", codeRateLimited, "too many control messages; slow down"))
@@ -570,11 +607,12 @@ func (ws *wsConn) handle(msg []byte) {
 	}
 }
 
-// callContext bounds a Redis call made by the read loop to half the pong
-// wait: pongs are only read while the loop reads, so a stalled Redis must
-// not make a healthy client look dead.
+// callContext bounds a Redis call made by the read loop by
+// Config.RequestTimeout, and at most half the pong wait: pongs are only
+// read while the loop reads, so a stalled Redis must not make a healthy
+// client look dead.
 func (ws *wsConn) callContext() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), ws.s.cfg.WriteTimeout/2)
+	return context.WithTimeout(context.Background(), min(ws.s.cfg.RequestTimeout, ws.s.cfg.WriteTimeout/2))
 }
 
 // subscribe registers the subscription; the hub reads the snapshot (which

@@ -3,6 +3,7 @@ package handlers
 import (
 	"bufio"
 	"net"
+	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
 )
@@ -39,5 +40,39 @@ func (h *hijackCapture) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		// Nothing pipelined after the handshake: the 4 KiB reader can go.
 		br = bufio.NewReaderSize(conn, wsReadBuffer)
 	}
-	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(conn, wsWriteBuffer)), nil
+	return conn, bufio.NewReadWriter(br, bufio.NewWriterSize(closeFilter{conn}, wsWriteBuffer)), nil
+}
+
+// closeFilter is the library's writer: it sees only the frames the
+// library writes itself (pongs and close frames, each flushed in one
+// write, since wsWriteBuffer holds the largest), never the hub's
+// messages. coder/websocket echoes a client's close frame as it came;
+// one whose reason is not UTF-8 is answered 1007 instead (RFC 6455 §8.1:
+// fail the connection), never echoed with its code.
+type closeFilter struct{ conn net.Conn }
+
+// closeInvalidData is an unmasked close frame with code 1007, no reason.
+var closeInvalidData = []byte{0x88, 0x02, 0x03, 0xEF}
+
+func (f closeFilter) Write(b []byte) (int, error) {
+	if len(b) > 4 && b[0] == 0x88 && int(b[1]) == len(b)-2 && !utf8.Valid(b[4:]) {
+		if _, err := f.conn.Write(closeInvalidData); err != nil {
+			return 0, err
+		}
+		return len(b), nil
+	}
+	return f.conn.Write(b)
+}
+
+// limitSendBuffer sets Config.SendBuffer as the socket send buffer of a
+// hijacked connection (see Config.SendBuffer).
+func (s *Server) limitSendBuffer(conn net.Conn) {
+	if s.cfg.SendBuffer <= 0 {
+		return
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		if err := tc.SetWriteBuffer(s.cfg.SendBuffer); err != nil {
+			s.log.Debug("socket send buffer not set", "err", err)
+		}
+	}
 }

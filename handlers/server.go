@@ -74,6 +74,20 @@ type Config struct {
 	// back to the SSE route (an operator's escape hatch, and how the
 	// fallback is tested). Zero value means the WebSocket is served.
 	DisableWebSocket bool
+	// RequestTimeout bounds every Redis call a request waits for before
+	// it is answered: ticket mint and redemption, revocation check, cap
+	// admission, the snapshot read of an SSE admission or a WebSocket
+	// subscribe, and the checks of a WebSocket refresh. Past it the
+	// request is answered 503 with Retry-After (WebSocket messages:
+	// unavailable). Zero value means 1s.
+	RequestTimeout time.Duration
+	// SendBuffer is the socket send buffer (SO_SNDBUF) set on every
+	// hijacked stream connection, so a client that stops reading pins at
+	// most this much kernel memory (Linux doubles the value for its
+	// bookkeeping and caps it at net.core.wmem_max) instead of what
+	// tcp_wmem autotuning allows (4 MiB by default). Zero value means
+	// 256 KiB; a negative value leaves the kernel's autotuning.
+	SendBuffer int
 	// Ready reports whether the bus subscription is up, for /readyz.
 	// Zero value means always ready.
 	Ready func() bool
@@ -127,6 +141,12 @@ func New(h *hub.Hub, cfg Config) (*Server, error) {
 	if cfg.MaxMessageBytes <= 0 {
 		cfg.MaxMessageBytes = 32 << 10
 	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = time.Second
+	}
+	if cfg.SendBuffer == 0 {
+		cfg.SendBuffer = DefaultSendBuffer
+	}
 	origins, err := compileOrigins(cfg.AllowedOrigins)
 	if err != nil {
 		return nil, err
@@ -172,6 +192,17 @@ func New(h *hub.Hub, cfg Config) (*Server, error) {
 
 // Handler returns the HTTP handler.
 func (s *Server) Handler() http.Handler { return s.engine }
+
+// DefaultSendBuffer is Config.SendBuffer's default.
+const DefaultSendBuffer = 256 << 10
+
+// StopAccepting starts a shutdown: from now on /readyz answers 503 and new
+// streams are refused with 503, while the open ones carry on. A load
+// balancer that polls /readyz takes the instance out; Drain then ends
+// the streams.
+func (s *Server) StopAccepting() {
+	s.draining.Store(true)
+}
 
 // Drain refuses new streams (503) and ends the open ones; call it before
 // http.Server.Shutdown, which would otherwise wait for streams that never
@@ -240,13 +271,14 @@ func (ss *streamSet) count() int {
 }
 
 // accessLog logs one line per request: never the query string, which may
-// carry a ticket or token.
+// carry a ticket or token, and the path with what may be a credential put
+// there by mistake redacted (redactPath).
 func (s *Server) accessLog(c *gin.Context) {
 	start := time.Now()
 	c.Next()
 	s.log.Info("http request",
 		"method", c.Request.Method,
-		"path", c.Request.URL.Path,
+		"path", redactPath(c.Request.URL.Path),
 		"status", c.Writer.Status(),
 		"duration", time.Since(start),
 		"remote", c.ClientIP(),

@@ -37,6 +37,10 @@ type config struct {
 	RevokedSet      string
 	DisableWS       bool
 	Demo            bool
+	RequestTimeout  time.Duration
+	MaxSession      time.Duration
+	SendBuffer      int
+	DrainWindow     time.Duration
 }
 
 type envFlag struct {
@@ -122,6 +126,10 @@ func flagDefs(c *config) []envFlag {
 		{"ticket-burst", "TOPOHUB_TICKET_BURST", "10", "tickets one user may mint at once", num(&c.TicketBurst)},
 		{"revoked-set", "TOPOHUB_REVOKED_SET", "", "Redis set of revoked token ids (jti); empty: no revocation checks", str(&c.RevokedSet)},
 		{"disable-websocket", "TOPOHUB_DISABLE_WEBSOCKET", "false", "serve only the legacy SSE route (clients fall back to it)", boolean(&c.DisableWS)},
+		{"request-timeout", "TOPOHUB_REQUEST_TIMEOUT", "1s", "deadline of the Redis calls a request waits for (ticket, revocation, cap, snapshot); past it 503 with Retry-After", dur(&c.RequestTimeout)},
+		{"max-session", "TOPOHUB_MAX_SESSION", "24h", "longest session one token or ticket opens, whatever its exp", dur(&c.MaxSession)},
+		{"send-buffer", "TOPOHUB_SEND_BUFFER", "262144", "socket send buffer (SO_SNDBUF, bytes) of each stream connection; bounds the kernel memory a stalled reader pins", num(&c.SendBuffer)},
+		{"drain-window", "TOPOHUB_DRAIN_WINDOW", "1s", "on SIGTERM, how long /readyz and new streams answer 503 before open streams are closed", dur(&c.DrainWindow)},
 		{"log-format", "TOPOHUB_LOG_FORMAT", "text", "log format: text or json", str(&c.LogFormat)},
 		{"demo", "TOPOHUB_DEMO", "false", "development mode with simulated producers on demo, demo-east and demo-west (embedded broker only)", boolean(&c.Demo)},
 	}

@@ -33,7 +33,7 @@ func main() {
 	}
 }
 
-// shutdownGrace bounds the whole shutdown after SIGINT/SIGTERM.
+// shutdownGrace bounds the shutdown after the drain window.
 const shutdownGrace = 5 * time.Second
 
 func run(ctx context.Context, args []string, lookupEnv func(string) (string, bool), stdout, stderr io.Writer) error {
@@ -81,6 +81,13 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	if err != nil {
 		return fmt.Errorf("redis autopipeline: %w", err)
 	}
+	// The stores of the request path (tickets, cap, revocations) wait on
+	// the asynchronous face, whose waits honour the request's deadline
+	// (busredis.process); the blocking face's do not.
+	reqCalls, err := rdb.AsyncAutoPipeline()
+	if err != nil {
+		return fmt.Errorf("redis autopipeline: %w", err)
+	}
 
 	h, err := hub.New(hub.Config{
 		Families:         families,
@@ -93,13 +100,13 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	if err != nil {
 		return err
 	}
-	limiter := busredis.NewLimiter(calls, busredis.LimiterConfig{Max: cfg.MaxConnsPerUser, Prefix: cfg.KeyPrefix, Logger: log})
+	limiter := busredis.NewLimiter(reqCalls, busredis.LimiterConfig{Max: cfg.MaxConnsPerUser, Prefix: cfg.KeyPrefix, Logger: log})
 	sub := busredis.NewSubscriber(ropts, h, busredis.SubscriberConfig{
 		Families: families, Publisher: rdb, Instance: limiter.InstanceID(), Logger: log,
 	})
 	var revocations hub.RevocationList
 	if cfg.RevokedSet != "" {
-		revocations = busredis.NewRevocations(calls, cfg.RevokedSet)
+		revocations = busredis.NewRevocations(reqCalls, cfg.RevokedSet)
 	}
 
 	srv, err := handlers.New(h, handlers.Config{
@@ -112,8 +119,9 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 			RoleClaim:       cfg.RoleClaim,
 			Roles:           cfg.StreamRoles,
 			AllowQueryToken: cfg.AllowQueryToken,
+			MaxSession:      cfg.MaxSession,
 		},
-		Tickets:          busredis.NewTickets(calls, cfg.KeyPrefix, 0),
+		Tickets:          busredis.NewTickets(reqCalls, cfg.KeyPrefix, 0),
 		TicketRate:       rate.Limit(cfg.TicketRate),
 		TicketBurst:      cfg.TicketBurst,
 		Revocations:      revocations,
@@ -121,6 +129,8 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		Keepalive:        cfg.Keepalive,
 		AllowedOrigins:   cfg.AllowedOrigins,
 		DisableWebSocket: cfg.DisableWS,
+		RequestTimeout:   cfg.RequestTimeout,
+		SendBuffer:       cfg.SendBuffer,
 		Ready:            sub.Ready,
 		BusLag:           sub.LastLag,
 		Logger:           log,
@@ -176,7 +186,14 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	log.Info("shutting down")
+	// /readyz answers 503 and new streams are refused with 503 for the
+	// drain window, so a load balancer stops routing here while the
+	// listener still answers; then the open streams are closed (1001,
+	// the SSE stream ends) and the listener with them.
+	log.Info("shutting down", "drain_window", cfg.DrainWindow)
+	srv.StopAccepting()
+	window := time.NewTimer(cfg.DrainWindow)
+	<-window.C
 	shCtx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	srv.Drain()
