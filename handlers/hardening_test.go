@@ -311,7 +311,7 @@ func TestHungOrStoppedRedisAnswers503Fast(t *testing.T) {
 		c.Revocations = busredis.NewRevocations(calls, prefix+"revoked")
 	}))
 	id := th.newTopology()
-	plain := th.token()                       // no jti: no revocation check
+	plain := th.token()                        // no jti: no revocation check
 	withJTI := th.token(claim("jti", "j-503")) // checked against the revocation set
 	ticket := th.mintTicket(plain)
 
@@ -414,7 +414,7 @@ func TestCredentialInPathIsNotLoggedNorEchoed(t *testing.T) {
 	th := newTestHub(t, withConfig(func(c *Config) { c.Logger = slog.New(slog.NewJSONHandler(&logs, nil)) }))
 	tok := th.token()
 	sig := tok[strings.LastIndexByte(tok, '.')+1:]
-	ticketShaped := strings.Repeat("Ab3-_", 8) + "xyz" // 43 base64url characters
+	ticketShaped := strings.Repeat("Ab3-_", 8) + "xyz"           // 43 base64url characters
 	short := "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1In0.c2lnbmF0dXJl" // a JWT short enough to be echoed
 	for _, seg := range []string{tok, short, ticketShaped, strings.Repeat("k", 100)} {
 		code, body := th.status(http.MethodGet, th.sseURL(seg), bearer(tok))
