@@ -225,6 +225,8 @@ func (sc *sseConn) writeLoop() {
 			if err := sc.write(sc.chunk(b.msg)); err != nil || gone {
 				if gone {
 					sc.end()
+				} else {
+					discardUnsent(sc.conn, err)
 				}
 				_ = sc.conn.Close() // the reader sees it and cleans up
 				return
@@ -278,6 +280,7 @@ func (sc *sseConn) keep() {
 		err := sc.write(sc.chunk(b))
 		sc.writing.Store(false)
 		if err != nil {
+			discardUnsent(sc.conn, err)
 			_ = sc.conn.Close()
 			return
 		}

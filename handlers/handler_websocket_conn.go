@@ -2,7 +2,9 @@ package handlers
 
 import (
 	"bufio"
+	"errors"
 	"net"
+	"os"
 	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
@@ -74,5 +76,18 @@ func (s *Server) limitSendBuffer(conn net.Conn) {
 		if err := tc.SetWriteBuffer(s.cfg.SendBuffer); err != nil {
 			s.log.Debug("socket send buffer not set", "err", err)
 		}
+	}
+}
+
+// discardUnsent makes the close of a connection whose write timed out
+// abortive (SO_LINGER 0: a reset), so the kernel frees the bytes the
+// client never read at once rather than keeping the socket orphaned,
+// still holding its send buffer, while it probes a zero window.
+func discardUnsent(conn net.Conn, err error) {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		return
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
 	}
 }
