@@ -35,9 +35,12 @@ const SubscriberName = "topohub-sub"
 type SubscriberConfig struct {
 	// Families whose patterns are subscribed. Required.
 	Families []hub.Family
-	// ProbeInterval: when nothing arrives for this long, the connection is
-	// pinged; when the ping is not answered within another interval, the
-	// connection is dropped and re-established. Zero value means 5s.
+	// ProbeInterval, without a Publisher: when nothing arrives for this
+	// long, the connection is pinged; when the ping is not answered within
+	// another interval, the connection is dropped and re-established. With
+	// a Publisher the end-to-end probe (LagInterval, ProbeDeadline) judges
+	// the subscription instead, and ProbeInterval is unused. Zero value
+	// means 5s.
 	ProbeInterval time.Duration
 	// MaxBackoff caps the wait between reconnect attempts. Zero value
 	// means 2s.
@@ -51,6 +54,15 @@ type SubscriberConfig struct {
 	Publisher redis.Cmdable
 	// LagInterval is the probe interval. Zero value means 2s.
 	LagInterval time.Duration
+	// ProbeDeadline: with a Publisher, when no probe has been read back
+	// for this long, measured from the time the newest one read back was
+	// due (or from when the subscription was established), the bus is
+	// marked down at once (Ready false) and the subscription is torn down
+	// and made afresh. A fault is so detected within ProbeDeadline of its
+	// start, whether the publish or the delivery hangs. Zero value means
+	// 2 LagIntervals; it is raised to at least 1.5 LagIntervals, so that a
+	// healthy bus always has a probe in flight that can still make it.
+	ProbeDeadline time.Duration
 	// Instance names this hub in its probe channel, so that hubs sharing a
 	// Redis each read only their own probes. Zero value means a random id.
 	Instance string
@@ -67,10 +79,22 @@ type Subscriber struct {
 	pats  []string
 	ready atomic.Bool
 	gaps  atomic.Uint64
+	downs atomic.Uint64 // times Ready went from true to false
+	// lastDown is the UnixNano of the newest such change.
+	lastDown atomic.Int64
 
 	probeChannel string
 	lag          atomic.Int64 // nanoseconds of the newest probe's round trip; -1 before one
 	probes       atomic.Uint64
+	// seen is the UnixNano at which the newest probe read back was due,
+	// or at which the subscription was established if later: the probe
+	// deadline runs from it.
+	seen   atomic.Int64
+	missed atomic.Uint64 // probe deadlines missed
+
+	mu     sync.Mutex    // guards ps, which a reconnect replaces
+	ps     *redis.PubSub // the current subscription; nil outside Run
+	kicked atomic.Bool   // the probe tore ps down: Run makes a new one
 }
 
 // NewSubscriber prepares a subscription; Run makes it.
@@ -93,6 +117,10 @@ func NewSubscriber(opts *redis.Options, sink Sink, cfg SubscriberConfig) *Subscr
 	if cfg.LagInterval <= 0 {
 		cfg.LagInterval = 2 * time.Second
 	}
+	if cfg.ProbeDeadline <= 0 {
+		cfg.ProbeDeadline = 2 * cfg.LagInterval
+	}
+	cfg.ProbeDeadline = max(cfg.ProbeDeadline, cfg.LagInterval*3/2)
 	if cfg.Instance == "" {
 		cfg.Instance = newInstanceID()
 	}
@@ -123,25 +151,103 @@ func (s *Subscriber) LastLag() (time.Duration, bool) {
 // Probes counts the lag probes read back.
 func (s *Subscriber) Probes() uint64 { return s.probes.Load() }
 
-// runProbes publishes a lag probe every interval until ctx ends.
+// ProbesMissed counts the probe deadlines missed: each marked the bus
+// down and replaced the subscription.
+func (s *Subscriber) ProbesMissed() uint64 { return s.missed.Load() }
+
+// Downs counts the times Ready went from true to false, and returns when
+// it last did (zero before the first).
+func (s *Subscriber) Downs() (uint64, time.Time) {
+	n := s.downs.Load()
+	if n == 0 {
+		return 0, time.Time{}
+	}
+	return n, time.Unix(0, s.lastDown.Load())
+}
+
+// setDown clears readiness; it reports whether it was set.
+func (s *Subscriber) setDown() bool {
+	if !s.ready.Swap(false) {
+		return false
+	}
+	s.lastDown.Store(time.Now().UnixNano())
+	s.downs.Add(1)
+	return true
+}
+
+// runProbes publishes a lag probe every interval until ctx ends, and
+// judges the subscription by them: when no probe has come back within
+// ProbeDeadline of the due time of the newest one that did, the bus is
+// down. The publish runs in its own goroutine, so a publish that hangs
+// with Redis delays neither the next due time nor the verdict.
 func (s *Subscriber) runProbes(ctx context.Context) {
-	tick := time.NewTicker(s.cfg.LagInterval)
-	defer tick.Stop()
+	interval, deadline := s.cfg.LagInterval, s.cfg.ProbeDeadline
+	due := make(chan int64, 1) // at most one publish waiting
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		for {
+			var at int64
+			select {
+			case <-ctx.Done():
+				return
+			case at = <-due:
+			}
+			pctx, cancel := context.WithTimeout(ctx, deadline)
+			err := s.cfg.Publisher.Publish(pctx, s.probeChannel, strconv.FormatInt(at, 10)).Err()
+			cancel()
+			if err != nil && ctx.Err() == nil {
+				s.cfg.Logger.Debug("lag probe not published", "err", err)
+			}
+		}
+	})
+
+	next := time.Now()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-timer.C:
 		}
-		if !s.ready.Load() {
-			continue
+		now := time.Now()
+		if s.ready.Load() {
+			if seen := s.seen.Load(); seen != 0 && now.UnixNano()-seen >= int64(deadline) {
+				s.probeMissed(time.Duration(now.UnixNano() - seen))
+			} else if !now.Before(next) {
+				select {
+				case due <- now.UnixNano():
+				default: // the previous publish still hangs: this probe is skipped, its deadline still runs
+				}
+			}
 		}
-		pctx, cancel := context.WithTimeout(ctx, s.cfg.LagInterval)
-		err := s.cfg.Publisher.Publish(pctx, s.probeChannel, strconv.FormatInt(time.Now().UnixNano(), 10)).Err()
-		cancel()
-		if err != nil && ctx.Err() == nil {
-			s.cfg.Logger.Debug("lag probe not published", "err", err)
+		for !next.After(now) {
+			next = next.Add(interval)
 		}
+		wake := next
+		if seen := s.seen.Load(); s.ready.Load() && seen != 0 {
+			if d := time.Unix(0, seen+int64(deadline)); d.Before(wake) {
+				wake = d
+			}
+		}
+		timer.Reset(max(0, time.Until(wake)))
+	}
+}
+
+// probeMissed marks the bus down and tears the subscription down; Run
+// makes a new one.
+func (s *Subscriber) probeMissed(since time.Duration) {
+	if !s.setDown() {
+		return
+	}
+	s.missed.Add(1)
+	s.cfg.Logger.Warn("redis subscription: lag probe not read back; marking the bus down and resubscribing", "since_last_probe", since, "deadline", s.cfg.ProbeDeadline)
+	s.kicked.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ps != nil {
+		_ = s.ps.Close() // ends a read blocked on the dead connection
 	}
 }
 
@@ -153,9 +259,16 @@ func (s *Subscriber) readProbe(body string) {
 	}
 	s.lag.Store(max(0, time.Now().UnixNano()-sent))
 	s.probes.Add(1)
+	for {
+		old := s.seen.Load()
+		if sent <= old || s.seen.CompareAndSwap(old, sent) {
+			return
+		}
+	}
 }
 
-// Ready reports whether every pattern subscription is established.
+// Ready reports whether every pattern subscription is established (and,
+// with a Publisher, the newest probe came back in time).
 func (s *Subscriber) Ready() bool { return s.ready.Load() }
 
 // Patterns returns the subscribed patterns.
@@ -168,7 +281,8 @@ func (s *Subscriber) Run(ctx context.Context) {
 	rdb := redis.NewClient(s.opts)
 	defer rdb.Close()
 	log := s.cfg.Logger
-	if s.cfg.Publisher != nil && s.probeChannel != "" {
+	probing := s.cfg.Publisher != nil && s.probeChannel != ""
+	if probing {
 		var wg sync.WaitGroup
 		defer wg.Wait()
 		pctx, cancel := context.WithCancel(ctx)
@@ -176,49 +290,85 @@ func (s *Subscriber) Run(ctx context.Context) {
 		wg.Go(func() { s.runProbes(pctx) })
 	}
 
-	var mu sync.Mutex // guards ps, which a reconnect replaces
-	ps := rdb.PSubscribe(ctx, s.pats...)
+	// replace makes a new subscription in place of the current one. The
+	// dial may block (a hung Redis accepts connections it never answers):
+	// readiness is cleared before it, never after.
+	replace := func() {
+		s.mu.Lock()
+		old := s.ps
+		s.mu.Unlock()
+		if old != nil {
+			_ = old.Close()
+		}
+		ps := rdb.PSubscribe(ctx, s.pats...)
+		s.mu.Lock()
+		s.ps = ps
+		s.mu.Unlock()
+	}
+	replace()
 	// A blocked read does not watch ctx: closing the connection ends it.
-	stop := context.AfterFunc(ctx, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		ps.Close()
-	})
+	closePS := func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.ps != nil {
+			_ = s.ps.Close()
+		}
+	}
+	stop := context.AfterFunc(ctx, closePS)
 	defer func() {
 		stop()
-		mu.Lock()
-		defer mu.Unlock()
-		ps.Close()
+		closePS()
+		s.mu.Lock()
+		s.ps = nil
+		s.mu.Unlock()
 	}()
 
+	// Without probes an idle connection is pinged after ProbeInterval.
+	// With them the probe judges a ready subscription, and the read
+	// timeout only bounds an attempt to subscribe that is never answered.
+	timeout := s.cfg.ProbeInterval
+	if probing {
+		timeout = s.cfg.ProbeDeadline
+	}
 	backoff := 50 * time.Millisecond
 	pingOut := false
 	for {
-		msg, err := ps.ReceiveTimeout(ctx, s.cfg.ProbeInterval)
+		s.mu.Lock()
+		ps := s.ps
+		s.mu.Unlock()
+		msg, err := ps.ReceiveTimeout(ctx, timeout)
 		if ctx.Err() != nil {
-			s.ready.Store(false)
+			s.setDown()
 			return
 		}
 		if err != nil {
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() && s.ready.Load() {
-				if !pingOut {
-					pingOut = true
-					if err := ps.Ping(ctx); err == nil {
-						continue
-					}
+			timedOut := errors.As(err, &ne) && ne.Timeout()
+			switch {
+			case s.kicked.Swap(false) || errors.Is(err, redis.ErrClosed):
+				// The probe marked the bus down and closed the connection.
+				s.setDown()
+				replace()
+			case timedOut && probing && s.ready.Load():
+				continue // quiet bus; the probe is the judge
+			case timedOut && !probing && s.ready.Load() && !pingOut:
+				pingOut = true
+				if err := ps.Ping(ctx); err == nil {
+					continue
 				}
-				// The ping went unanswered: the connection is silently
-				// dead (a failover can leave it so while Redis itself
-				// answers health checks). Start afresh.
-				log.Warn("redis subscription unresponsive; reconnecting")
-				mu.Lock()
-				ps.Close()
-				ps = rdb.PSubscribe(ctx, s.pats...)
-				mu.Unlock()
+				fallthrough
+			case timedOut:
+				// The ping went unanswered, or an attempt to subscribe
+				// was: the connection is silently dead (a failover can
+				// leave it so while Redis itself answers health checks).
+				// Mark the bus down first, then start afresh.
+				if s.setDown() {
+					log.Warn("redis subscription unresponsive; reconnecting")
+				}
+				replace()
 			}
 			pingOut = false
-			if s.ready.Swap(false) {
+			if s.setDown() {
 				log.Warn("redis subscription lost", "err", err)
 			}
 			select {
@@ -242,6 +392,7 @@ func (s *Subscriber) Run(ctx context.Context) {
 				backoff = 50 * time.Millisecond
 				s.sink.BusGap()
 				s.gaps.Add(1)
+				s.seen.Store(time.Now().UnixNano()) // the probe deadline runs from here
 				s.ready.Store(true)
 				log.Info("redis subscription established", "patterns", s.pats)
 			}

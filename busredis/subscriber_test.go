@@ -2,7 +2,6 @@ package busredis
 
 import (
 	"context"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"topohub/hub"
+	"topohub/internal/redistest"
 )
 
 // sink records what a Subscriber hands on.
@@ -40,93 +40,10 @@ func (s *sink) has(msg string) bool {
 	return false
 }
 
-// blackholeProxy forwards TCP to target until frozen: then it keeps every
-// connection open but passes nothing, as a dead network path or a node
-// stuck in a failover does. New connections after a freeze are forwarded.
-type blackholeProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	frozen []chan struct{} // one per live connection pair
-	conns  []net.Conn
-}
-
-func startProxy(t *testing.T, target string) *blackholeProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &blackholeProxy{ln: ln, target: target}
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			freeze := make(chan struct{})
-			p.mu.Lock()
-			p.frozen = append(p.frozen, freeze)
-			p.conns = append(p.conns, c, up)
-			p.mu.Unlock()
-			pipe := func(dst, src net.Conn) {
-				buf := make([]byte, 32<<10)
-				for {
-					n, err := src.Read(buf)
-					select {
-					case <-freeze:
-						// Swallow everything; keep the sockets open.
-						if err != nil {
-							return
-						}
-						continue
-					default:
-					}
-					if n > 0 {
-						if _, werr := dst.Write(buf[:n]); werr != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}
-			wg.Go(func() { pipe(up, c) })
-			wg.Go(func() { pipe(c, up) })
-		}
-	})
-	t.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.mu.Unlock()
-		wg.Wait()
-	})
-	return p
-}
-
-// freeze blackholes every connection open now.
-func (p *blackholeProxy) freeze() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, f := range p.frozen {
-		close(f)
-	}
-	p.frozen = nil
-}
-
 func TestSubscriberReconnectsFromASilentlyDeadConnection(t *testing.T) {
-	proxy := startProxy(t, pkgRedis.Addr)
+	proxy := redistest.StartProxy(t, pkgRedis.Addr)
 	opts := pkgRedis.Options()
-	opts.Addr = proxy.ln.Addr().String()
+	opts.Addr = proxy.Addr()
 	s := &sink{}
 	sub := NewSubscriber(opts, s, SubscriberConfig{Families: hub.DefaultFamilies(), ProbeInterval: 100 * time.Millisecond, Logger: quietLog})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -144,7 +61,7 @@ func TestSubscriberReconnectsFromASilentlyDeadConnection(t *testing.T) {
 
 	// The connection stays open but carries nothing: only the probe can
 	// tell. The subscriber must notice, reconnect, and report the gap.
-	proxy.freeze()
+	proxy.Freeze()
 	waitFor(t, 10*time.Second, "a new subscription after the dead one", func() bool { return s.gaps.Load() >= 2 && sub.Ready() })
 	pub.Publish(context.Background(), "topology.P.status", `{"n":2}`)
 	waitFor(t, 10*time.Second, "messages over the new connection", func() bool { return s.has(`topology.P.status {"n":2}`) })
@@ -184,5 +101,79 @@ func TestSubscriberMeasuresBusLagWithItsOwnProbes(t *testing.T) {
 	}
 	if !slices.Contains(s.msgs, other+" 1") {
 		t.Fatalf("another hub's probe was swallowed: %v", s.msgs)
+	}
+}
+
+// TestProbeMarksTheBusDownWithinItsDeadline hangs the path from the
+// hub's probe publish to its subscription in each way it is known to
+// hang, and checks that Ready goes false within the probe deadline of
+// the fault (measured from the fault, however long the reconnect's dial
+// then blocks), and that the subscription comes back, with a gap
+// reported, once the fault ends.
+func TestProbeMarksTheBusDownWithinItsDeadline(t *testing.T) {
+	const interval, deadline = 100 * time.Millisecond, 200 * time.Millisecond
+	// slack covers scheduling on a loaded machine: the verdict itself is
+	// timed to the deadline.
+	const slack = 100 * time.Millisecond
+	cases := []struct {
+		name  string
+		fault func(t *testing.T, rs *redistest.Server, proxy *redistest.Proxy) (end func())
+	}{
+		{"blackholed subscription", func(t *testing.T, rs *redistest.Server, proxy *redistest.Proxy) func() {
+			proxy.Freeze() // new connections are forwarded again
+			return func() {}
+		}},
+		{"SIGSTOP", func(t *testing.T, rs *redistest.Server, proxy *redistest.Proxy) func() {
+			rs.Freeze(t)
+			return func() { rs.Thaw(t) }
+		}},
+		{"CLIENT PAUSE", func(t *testing.T, rs *redistest.Server, proxy *redistest.Proxy) func() {
+			if err := rs.Client(t).Do(context.Background(), "CLIENT", "PAUSE", "1500").Err(); err != nil {
+				t.Fatal(err)
+			}
+			return func() {}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rs := redistest.Start(t)
+			proxy := redistest.StartProxy(t, rs.Addr)
+			opts := rs.Options()
+			opts.Addr = proxy.Addr()
+			s := &sink{}
+			pub := rs.Client(t)
+			sub := NewSubscriber(opts, s, SubscriberConfig{
+				Families: hub.DefaultFamilies(), Publisher: pub, LagInterval: interval, ProbeDeadline: deadline,
+				MaxBackoff: 100 * time.Millisecond, Logger: quietLog,
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			var wg sync.WaitGroup
+			wg.Go(func() { sub.Run(ctx) })
+			defer func() { cancel(); wg.Wait() }()
+			waitFor(t, 10*time.Second, "subscription", sub.Ready)
+			waitFor(t, 10*time.Second, "probes read back", func() bool { return sub.Probes() >= 3 })
+			if n, _ := sub.Downs(); n != 0 || sub.ProbesMissed() != 0 {
+				t.Fatalf("a healthy bus was marked down (%d downs, %d missed probes)", n, sub.ProbesMissed())
+			}
+
+			at := time.Now()
+			end := tc.fault(t, rs, proxy)
+			waitFor(t, 5*time.Second, "the bus marked down", func() bool { return !sub.Ready() })
+			n, down := sub.Downs()
+			if took := down.Sub(at); n != 1 || took > deadline+slack {
+				t.Fatalf("bus marked down %v after the fault (%d downs), want within %v", took, n, deadline)
+			}
+			if sub.ProbesMissed() != 1 {
+				t.Fatalf("%d probes missed, want 1", sub.ProbesMissed())
+			}
+			end()
+			waitFor(t, 15*time.Second, "a new subscription", func() bool { return sub.Ready() && s.gaps.Load() >= 2 })
+			waitFor(t, 10*time.Second, "messages over it", func() bool {
+				pub.Publish(context.Background(), "topology.P.status", `{"n":2}`)
+				return s.has(`topology.P.status {"n":2}`)
+			})
+			probes := sub.Probes()
+			waitFor(t, 10*time.Second, "probes again", func() bool { return sub.Probes() >= probes+3 })
+		})
 	}
 }
