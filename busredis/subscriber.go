@@ -42,8 +42,9 @@ type SubscriberConfig struct {
 	// the subscription instead, and ProbeInterval is unused. Zero value
 	// means 5s.
 	ProbeInterval time.Duration
-	// MaxBackoff caps the wait between reconnect attempts. Zero value
-	// means 2s.
+	// MaxBackoff caps the wait between reconnect attempts, and so bounds
+	// how long after Redis is back the subscription is (the attempt itself
+	// aside). Zero value means 500ms.
 	MaxBackoff time.Duration
 	// Publisher, when set, publishes a lag probe every LagInterval on a
 	// private channel of the first family through the ordinary client
@@ -109,7 +110,7 @@ func NewSubscriber(opts *redis.Options, sink Sink, cfg SubscriberConfig) *Subscr
 		cfg.ProbeInterval = 5 * time.Second
 	}
 	if cfg.MaxBackoff <= 0 {
-		cfg.MaxBackoff = 2 * time.Second
+		cfg.MaxBackoff = 500 * time.Millisecond
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -123,6 +124,17 @@ func NewSubscriber(opts *redis.Options, sink Sink, cfg SubscriberConfig) *Subscr
 	cfg.ProbeDeadline = max(cfg.ProbeDeadline, cfg.LagInterval*3/2)
 	if cfg.Instance == "" {
 		cfg.Instance = newInstanceID()
+	}
+	if cfg.Publisher != nil {
+		// An attempt to subscribe over a path that black-holes (a
+		// partition) hangs until these run out: bounded by the probe
+		// interval, a healed path is used within an interval and a
+		// backoff, not go-redis's 3-5 s.
+		for _, d := range []*time.Duration{&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout} {
+			if *d <= 0 || *d > cfg.LagInterval {
+				*d = cfg.LagInterval
+			}
+		}
 	}
 	s := &Subscriber{opts: &o, sink: sink, cfg: cfg}
 	for _, f := range cfg.Families {

@@ -51,6 +51,7 @@ type Proxy struct {
 	mu     sync.Mutex
 	frozen []chan struct{} // one per live connection pair
 	conns  []net.Conn
+	cut    bool // new connections are blackholed too
 }
 
 // StartProxy listens on a free loopback port and forwards to target
@@ -76,7 +77,11 @@ func StartProxy(tb testing.TB, target string) *Proxy {
 			}
 			freeze := make(chan struct{})
 			p.mu.Lock()
-			p.frozen = append(p.frozen, freeze)
+			if p.cut {
+				close(freeze)
+			} else {
+				p.frozen = append(p.frozen, freeze)
+			}
 			p.conns = append(p.conns, c, up)
 			p.mu.Unlock()
 			pipe := func(dst, src net.Conn) {
@@ -94,10 +99,14 @@ func StartProxy(tb testing.TB, target string) *Proxy {
 					}
 					if n > 0 {
 						if _, werr := dst.Write(buf[:n]); werr != nil {
+							src.Close()
 							return
 						}
 					}
 					if err != nil {
+						// One side ended: end the other, as a forwarded
+						// TCP connection would.
+						dst.Close()
 						return
 					}
 				}
@@ -129,4 +138,21 @@ func (p *Proxy) Freeze() {
 		close(f)
 	}
 	p.frozen = nil
+}
+
+// Partition blackholes every connection, those open now and those made
+// until Heal, as a network partition does.
+func (p *Proxy) Partition() {
+	p.Freeze()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+}
+
+// Heal forwards new connections again; those open during the partition
+// stay dead.
+func (p *Proxy) Heal() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = false
 }
