@@ -305,14 +305,14 @@ func (s *Subscriber) Run(ctx context.Context) {
 	// replace makes a new subscription in place of the current one. The
 	// dial may block (a hung Redis accepts connections it never answers):
 	// readiness is cleared before it, never after.
+	// Only Run replaces s.ps (the probe only closes it), so the loop
+	// keeps its own copy and takes no lock per message.
+	var ps *redis.PubSub
 	replace := func() {
-		s.mu.Lock()
-		old := s.ps
-		s.mu.Unlock()
-		if old != nil {
-			_ = old.Close()
+		if ps != nil {
+			_ = ps.Close()
 		}
-		ps := rdb.PSubscribe(ctx, s.pats...)
+		ps = rdb.PSubscribe(ctx, s.pats...)
 		s.mu.Lock()
 		s.ps = ps
 		s.mu.Unlock()
@@ -345,9 +345,6 @@ func (s *Subscriber) Run(ctx context.Context) {
 	backoff := 50 * time.Millisecond
 	pingOut := false
 	for {
-		s.mu.Lock()
-		ps := s.ps
-		s.mu.Unlock()
 		msg, err := ps.ReceiveTimeout(ctx, timeout)
 		if ctx.Err() != nil {
 			s.setDown()

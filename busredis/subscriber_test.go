@@ -177,3 +177,35 @@ func TestProbeMarksTheBusDownWithinItsDeadline(t *testing.T) {
 		})
 	}
 }
+
+// countSink counts messages.
+type countSink struct{ n atomic.Int64 }
+
+func (c *countSink) HandleMessage(string, []byte) error { c.n.Add(1); return nil }
+func (c *countSink) BusGap()                            {}
+
+// BenchmarkSubscriberThroughput measures the subscription's read loop:
+// b.N messages published in pipelines, read back through one
+// subscription (with the lag probe on, as in production).
+func BenchmarkSubscriberThroughput(b *testing.B) {
+	s := &countSink{}
+	pub := pkgRedis.Client(b)
+	sub := NewSubscriber(pkgRedis.Options(), s, SubscriberConfig{Families: hub.DefaultFamilies(), Publisher: pub, Logger: quietLog})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { sub.Run(ctx) })
+	defer func() { cancel(); wg.Wait() }()
+	waitFor(b, 10*time.Second, "subscription", sub.Ready)
+	body := `{"payload":{"n":1}}`
+	b.ResetTimer()
+	for i := 0; i < b.N; i += 1000 {
+		pipe := pub.Pipeline()
+		for j := i; j < min(i+1000, b.N); j++ {
+			pipe.Publish(ctx, "topology.B.status", body)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	waitFor(b, 60*time.Second, "every message", func() bool { return s.n.Load() >= int64(b.N) })
+}
