@@ -343,6 +343,7 @@ func (ws *wsConn) writeLoop() {
 			clear(b.items)
 			continue
 		}
+		ws.clearDeadline() // before another writer may arm its own
 		ws.writing.Store(false)
 		if !ws.client.Pending() && ws.client.Reason() == hub.DisconnectNone {
 			return
@@ -442,23 +443,26 @@ func (ws *wsConn) writeShared(frame []byte) error {
 	return err
 }
 
-// armDeadline bounds the next write by Config.WriteTimeout. It is never
-// cleared: whatever writes next arms it again (the library's own pongs
-// through OnPingReceived, its close frames through closeWith).
+// armDeadline bounds the next write by Config.WriteTimeout. A writer
+// arms it before each message and clears it when it leaves, so it never
+// stands expired when the library writes on its own (pongs, and close
+// frames such as the 1009 it sends from the reader), which its own
+// contexts bound.
 func (ws *wsConn) armDeadline() {
 	_ = ws.netConn.SetWriteDeadline(time.Now().Add(ws.s.cfg.WriteTimeout))
 }
+
+func (ws *wsConn) clearDeadline() { _ = ws.netConn.SetWriteDeadline(time.Time{}) }
 
 // closeWith starts the close handshake with code; after it no message
 // may follow.
 func (ws *wsConn) closeWith(code websocket.StatusCode, reason string) {
 	ws.closing.Store(true)
-	ws.armDeadline()
+	ws.clearDeadline() // the library bounds its close handshake itself
 	_ = ws.conn.Close(code, reason)
 }
 
-// onPing lets the library answer a client's ping, with the write
-// deadline armed for it. A ping is a control message like any other: it
+// onPing lets the library answer a client's ping. A ping is a control message like any other: it
 // takes a token of the control rate, and over it is answered rate_limited
 // instead of a pong and counts as a violation, so a ping flood ends with
 // 1008 as a message flood does. The library calls it on the reader
@@ -477,7 +481,6 @@ func (ws *wsConn) onPing(context.Context, []byte) bool {
 		}
 		return false
 	}
-	ws.armDeadline()
 	return true
 }
 
@@ -510,7 +513,9 @@ func (ws *wsConn) keepalive() {
 	if !ws.writing.Load() && !ws.closing.Load() {
 		now := time.Now()
 		ws.armDeadline()
-		if _, err := ws.netConn.Write(pingFrame); err != nil {
+		_, err := ws.netConn.Write(pingFrame)
+		ws.clearDeadline()
+		if err != nil {
 			discardUnsent(ws.netConn, err)
 			_ = ws.conn.CloseNow()
 			return
