@@ -62,6 +62,7 @@ export const CLOSE_POLICY = Object.freeze([
   Object.freeze({ code: 1000, reason: "", action: "reconnect", why: "normal closure not asked for by this client: reconnect with backoff" }),
   Object.freeze({ code: 1001, reason: "", action: "reconnect", why: "hub shutting down: reconnect with backoff, resume from cursors" }),
   Object.freeze({ code: 1006, reason: "", action: "reconnect", why: "no close frame (network failure, missed pong): reconnect with backoff" }),
+  Object.freeze({ code: 1007, reason: "", action: "stop", why: "a message of this client was not valid UTF-8; reconnecting would send it again" }),
   Object.freeze({ code: 1008, reason: "", action: "stop", why: "policy: the control channel was abused; reconnecting would repeat it" }),
   Object.freeze({ code: 1009, reason: "", action: "stop", why: "a message of this client was over 4 KiB; reconnecting would send it again" }),
   Object.freeze({ code: 4001, reason: "credentials expired", action: "reauth", why: "the session's exp passed without a refresh: reconnect at once with a fresh ticket" }),

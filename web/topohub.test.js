@@ -291,6 +291,7 @@ test("the close-code table mirrors the hub's codes and reasons", () => {
   assert.equal(closeAction(1000), "reconnect");
   assert.equal(closeAction(1001, "hub shutting down"), "reconnect");
   assert.equal(closeAction(1006), "reconnect");
+  assert.equal(closeAction(1007, "invalid UTF-8"), "stop");
   assert.equal(closeAction(1008, "control channel abuse"), "stop");
   assert.equal(closeAction(1009, "message too big"), "stop");
   assert.equal(closeAction(4001, "credentials expired"), "reauth");
@@ -302,7 +303,7 @@ test("the close-code table mirrors the hub's codes and reasons", () => {
   assert.ok(Object.isFrozen(CLOSE_POLICY) && CLOSE_POLICY.every(Object.isFrozen));
 });
 
-for (const [code, reason] of [[1008, "control channel abuse"], [1009, "message too big"], [4001, "credentials revoked"]]) {
+for (const [code, reason] of [[1007, "invalid UTF-8"], [1008, "control channel abuse"], [1009, "message too big"], [4001, "credentials revoked"]]) {
   test(`close ${code} "${reason}" is terminal: error state, no reconnect`, async (t) => {
     t.mock.timers.enable({ apis: ["setTimeout"] });
     const { hub, states, tickets } = setup({ fallbackAfter: 1 });
