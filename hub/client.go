@@ -249,6 +249,8 @@ func (c *Client) Subscribe(ctx context.Context, id, since string, ack []byte) er
 		t.mu.Unlock()
 		if err == nil {
 			c.signal()
+		} else {
+			h.release(t)
 		}
 		return err
 	}
@@ -360,6 +362,10 @@ func (c *Client) Unsubscribe(id string, ack []byte) {
 }
 
 // endSubscription unregisters s from its topology.
+//
+// When it was the topology's last and was acknowledged, the topology keeps
+// its history for HistoryAge, so that the subscriber can resume; a
+// subscription that never was (not found, failed read) leaves nothing.
 func (c *Client) endSubscription(s *subscription) {
 	t := s.topo
 	t.mu.Lock()
@@ -371,9 +377,16 @@ func (c *Client) endSubscription(s *subscription) {
 			delete(c.subs, t.id)
 		}
 		s.marker, s.first = nil, nil
+		if len(t.subs) == 0 && !s.held {
+			t.idleSince = c.hub.cfg.Now()
+		}
 	}
+	empty := len(t.subs) == 0 && t.hist.len() == 0 && t.idleSince.IsZero()
 	c.mu.Unlock()
 	t.mu.Unlock()
+	if empty {
+		c.hub.release(t)
+	}
 }
 
 // Send queues a transport message (a reply or an error frame); replies

@@ -52,8 +52,20 @@ type Config struct {
 	// HistoryBytes bounds the data bytes of one topology's history (its
 	// cached SSE and WebSocket frames take about as much again, twice);
 	// the oldest events go first, the newest always stays. Zero value
-	// means 8 MiB.
+	// means 8 MiB; it is lowered to MaxHistoryBytes when that is smaller.
 	HistoryBytes int
+	// MaxHistoryBytes bounds the data bytes of all histories together:
+	// over it, the histories of the topologies with the oldest newest
+	// event are dropped whole (never the one just published to) until an
+	// eighth of it is free again. Readers that still needed a dropped
+	// event resync. Zero value means 128 MiB.
+	MaxHistoryBytes int
+	// MaxTopologies bounds the topologies the hub keeps state for:
+	// creating one over it forgets those with no subscriber (the longest
+	// unwatched first) until an eighth of it is free again. Topologies
+	// with subscribers are never forgotten; their number is bounded by
+	// clients times MaxSubscriptions. Zero value means 100,000.
+	MaxTopologies int
 	// MaxReplyBytes bounds the transport messages (acks, pongs, errors)
 	// queued for one client and not yet written; a client over it is ended
 	// with DisconnectPolicy. Zero value means 256 KiB.
@@ -83,6 +95,10 @@ type Hub struct {
 	decoder  *Decoder
 	log      *slog.Logger
 	logDrops rate.Sometimes
+	logCaps  rate.Sometimes
+	// trimming is set while a trim for MaxHistoryBytes or MaxTopologies
+	// runs; one at a time is enough.
+	trimming atomic.Bool
 
 	epoch    int64
 	epochStr string
@@ -136,6 +152,13 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.HistoryBytes <= 0 {
 		cfg.HistoryBytes = 8 << 20
 	}
+	if cfg.MaxHistoryBytes <= 0 {
+		cfg.MaxHistoryBytes = 128 << 20
+	}
+	cfg.HistoryBytes = min(cfg.HistoryBytes, cfg.MaxHistoryBytes)
+	if cfg.MaxTopologies <= 0 {
+		cfg.MaxTopologies = 100_000
+	}
 	if cfg.HistoryAge <= 0 {
 		cfg.HistoryAge = 5 * time.Minute
 	}
@@ -150,6 +173,7 @@ func New(cfg Config) (*Hub, error) {
 		decoder:  NewDecoder(cfg.Families, cfg.MaxBodySize),
 		log:      cfg.Logger,
 		logDrops: rate.Sometimes{First: 5, Interval: 10 * time.Second},
+		logCaps:  rate.Sometimes{First: 5, Interval: 10 * time.Second},
 		epoch:    cfg.Now().UnixMilli(),
 		seed:     maphash.MakeSeed(),
 		clients:  map[*Client]struct{}{},
@@ -192,13 +216,62 @@ func (h *Hub) shardFor(id string) *shard {
 func (h *Hub) topologyFor(id string) *topology {
 	sh := h.shardFor(id)
 	sh.mu.Lock()
-	defer sh.mu.Unlock()
 	t := sh.topologies[id]
-	if t == nil {
-		t = newTopology(id, h.seq.Load(), h.cfg.HistorySize, h.cfg.HistoryBytes)
+	created := t == nil
+	if created {
+		// Its last is the hub's sequence now: a snapshot for its first
+		// subscriber must reflect every event received so far, recorded or
+		// not.
+		t = newTopology(id, h.seq.Load(), h.cfg.HistorySize, h.cfg.HistoryBytes, &h.stats.HistoryBytes)
 		sh.topologies[id] = t
 	}
+	sh.mu.Unlock()
+	if created && h.stats.Topologies.Add(1) > int64(h.cfg.MaxTopologies) {
+		h.trimTopologies()
+	}
 	return t
+}
+
+// findTopology returns the live state of topology id, locked, or nil when
+// the hub keeps none.
+func (h *Hub) findTopology(id string) *topology {
+	sh := h.shardFor(id)
+	for {
+		sh.mu.Lock()
+		t := sh.topologies[id]
+		sh.mu.Unlock()
+		if t == nil {
+			return nil
+		}
+		t.mu.Lock()
+		if !t.dead {
+			return t
+		}
+		t.mu.Unlock()
+	}
+}
+
+// forgetLocked removes t from its shard. Lock should be held for the
+// shard and t.
+func (h *Hub) forgetLocked(sh *shard, t *topology) {
+	t.drop()
+	t.dead = true
+	delete(sh.topologies, t.id)
+	h.stats.Topologies.Add(-1)
+}
+
+// release forgets t if nothing is left of it: no subscriber, no history,
+// and no ended subscription that might resume. Subscribes that failed
+// (not found, over the limit) leave nothing behind this way.
+func (h *Hub) release(t *topology) {
+	sh := h.shardFor(t.id)
+	sh.mu.Lock()
+	t.mu.Lock()
+	if !t.dead && sh.topologies[t.id] == t && len(t.subs) == 0 && t.hist.len() == 0 && t.idleSince.IsZero() {
+		h.forgetLocked(sh, t)
+	}
+	t.mu.Unlock()
+	sh.mu.Unlock()
 }
 
 // lockTopology returns the live state of topology id, locked.
@@ -257,18 +330,40 @@ func (h *Hub) HandleMessage(channel string, body []byte) error {
 // Its cost does not grow with subscribers that are still reading: they
 // find the event in the log at their own pace, so the bus reader never
 // waits for delivery.
+//
+// An event of a topology that has no subscriber, and had none within
+// HistoryAge, is not kept: the hub holds no state for topologies nobody
+// watches, however many a producer publishes to.
 func (h *Hub) Publish(ev *Event) {
-	t := h.lockTopology(ev.Topology)
-	seq := h.seq.Add(1)
-	ev.Seq = seq
-	ev.Cursor = h.cursor(seq)
 	if ev.received.IsZero() {
 		ev.received = h.cfg.Now()
 	}
+	h.stats.Published.Add(1)
+	t := h.findTopology(ev.Topology)
+	if t == nil {
+		// The sequence moves before the second look, so a state created
+		// after it counts this event as received (see topologyFor).
+		h.seq.Add(1)
+		if t = h.findTopology(ev.Topology); t == nil {
+			h.stats.Unwatched.Add(1)
+			return
+		}
+	}
+	seq := h.seq.Add(1)
+	if !t.keepsHistory(ev.received, h.cfg.HistoryAge) {
+		t.skip(seq)
+		t.mu.Unlock()
+		h.stats.Unwatched.Add(1)
+		return
+	}
+	ev.Seq = seq
+	ev.Cursor = h.cursor(seq)
 	t.record(ev)
 	waiters := t.takeWaiters()
 	t.mu.Unlock()
-	h.stats.Published.Add(1)
+	if h.stats.HistoryBytes.Load() > int64(h.cfg.MaxHistoryBytes) {
+		h.trimHistory(t)
+	}
 	if len(waiters) == 0 {
 		t.mu.Lock()
 		t.returnWaiters(waiters)
@@ -318,16 +413,16 @@ func (h *Hub) BusGap() {
 // no subscriber and no history left. Run calls it periodically.
 func (h *Hub) Sweep() {
 	h.snapshots.expire()
-	cutoff := h.cfg.Now().Add(-h.cfg.HistoryAge)
+	now := h.cfg.Now()
+	cutoff := now.Add(-h.cfg.HistoryAge)
 	for i := range h.shards {
 		sh := &h.shards[i]
 		sh.mu.Lock()
-		for id, t := range sh.topologies {
+		for _, t := range sh.topologies {
 			t.mu.Lock()
 			t.expire(cutoff)
-			if len(t.subs) == 0 && t.hist.len() == 0 {
-				t.dead = true
-				delete(sh.topologies, id)
+			if t.hist.len() == 0 && !t.keepsHistory(now, h.cfg.HistoryAge) {
+				h.forgetLocked(sh, t)
 			}
 			t.mu.Unlock()
 		}
@@ -380,6 +475,14 @@ type Stats struct {
 	Resyncs   atomic.Uint64 // resync snapshots queued (overflow, lag, gap or stale cursor)
 	Overflows atomic.Uint64 // subscribers found too far behind the log
 	BusGaps   atomic.Uint64 // bus subscription gaps
+
+	Unwatched atomic.Uint64 // events of topologies nobody watches, not kept
+
+	Topologies     atomic.Int64  // topologies the hub keeps state for
+	HistoryBytes   atomic.Int64  // data bytes of all histories
+	HistoryDrops   atomic.Uint64 // histories dropped for MaxHistoryBytes
+	TopologyDrops  atomic.Uint64 // unwatched topologies forgotten for MaxTopologies
+	TopologiesOver atomic.Uint64 // trims that left more than MaxTopologies (all watched)
 
 	SnapshotReads   atomic.Uint64 // snapshot reads from the source
 	SnapshotsShared atomic.Uint64 // snapshots served by a read already under way

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -33,10 +34,52 @@ type topology struct {
 	hist  ring
 	// histBytes is the data size of the events in hist; maxBytes bounds it.
 	histBytes, maxBytes int
+	// total is the hub-wide data size of all histories, kept in step with
+	// histBytes.
+	total *atomic.Int64
+	// idleSince is when the last acknowledged subscription ended; for
+	// HistoryAge after it, events are still kept so that the subscriber
+	// can resume. Zero: never subscribed (or forgotten).
+	idleSince time.Time
 }
 
-func newTopology(id string, seq uint64, historySize, historyBytes int) *topology {
-	return &topology{id: id, last: seq, floor: seq, hist: ring{max: historySize}, maxBytes: historyBytes}
+func newTopology(id string, seq uint64, historySize, historyBytes int, total *atomic.Int64) *topology {
+	return &topology{id: id, last: seq, floor: seq, hist: ring{max: historySize}, maxBytes: historyBytes, total: total}
+}
+
+// keepsHistory reports whether events are recorded: while the topology
+// has a subscriber, or had an acknowledged one within age. Events of a
+// topology nobody watches are never held, so a producer cannot fill
+// memory with them. Lock should be held.
+func (t *topology) keepsHistory(now time.Time, age time.Duration) bool {
+	return len(t.subs) > 0 || (!t.idleSince.IsZero() && now.Sub(t.idleSince) < age)
+}
+
+// skip accounts for event seq that was not recorded: nothing up to it can
+// be replayed, and what was held goes too. Lock should be held.
+func (t *topology) skip(seq uint64) {
+	for t.hist.len() > 0 {
+		t.forget(t.hist.popOldest())
+	}
+	t.floor = seq
+	t.last = seq
+}
+
+// drop forgets the whole history; readers that still needed some of it
+// resync, readers that had read everything are not disturbed. Lock should
+// be held.
+func (t *topology) drop() {
+	for t.hist.len() > 0 {
+		t.forget(t.hist.popOldest())
+	}
+}
+
+// newest returns the newest event held, or nil. Lock should be held.
+func (t *topology) newest() *Event {
+	if t.hist.len() == 0 {
+		return nil
+	}
+	return t.hist.at(t.hist.len() - 1)
 }
 
 // record appends ev to the history, dropping the oldest events beyond the
@@ -47,6 +90,7 @@ func (t *topology) record(ev *Event) {
 	}
 	t.end++
 	t.histBytes += len(ev.Data)
+	t.total.Add(int64(len(ev.Data)))
 	for t.histBytes > t.maxBytes && t.hist.len() > 1 {
 		t.forget(t.hist.popOldest())
 	}
@@ -57,13 +101,13 @@ func (t *topology) record(ev *Event) {
 func (t *topology) forget(ev *Event) {
 	t.floor = ev.Seq
 	t.histBytes -= len(ev.Data)
+	t.total.Add(-int64(len(ev.Data)))
 }
 
 // cut forgets the history after a bus gap: nothing before gap can be
 // replayed. Lock should be held.
 func (t *topology) cut(gap uint64) {
-	t.hist.clear()
-	t.histBytes = 0
+	t.drop()
 	t.floor = gap
 	t.last = gap
 }
