@@ -73,12 +73,8 @@ func closeForReason(r hub.DisconnectReason) (websocket.StatusCode, string) {
 // counts rate_limited replies.
 const controlAbuseWindow = 10 * time.Second
 
-// errControlAbuse ends the read loop when the control channel is abused;
-// errInvalidUTF8 when a text message is not UTF-8.
-var (
-	errControlAbuse = errors.New("control channel abused")
-	errInvalidUTF8  = errors.New("text message is not valid UTF-8")
-)
+// errInvalidUTF8 ends the read loop when a text message is not UTF-8.
+var errInvalidUTF8 = errors.New("text message is not valid UTF-8")
 
 // originPattern is one entry of Config.AllowedOrigins, lower-cased.
 type originPattern struct {
@@ -221,13 +217,16 @@ type wsConn struct {
 	// closing and no writer may start); closing once a close frame is
 	// being sent.
 	writing, closing atomic.Bool
+	// abused is set when the control channel was abused: the writer
+	// writes what is queued (the rate_limited replies among it) and then
+	// closes with 1008.
+	abused atomic.Bool
 
 	// Read loop only (onPing runs on it too).
 	limiter     *rate.Limiter
 	violations  int
 	windowStart time.Time
 	readErr     error
-	pingAbuse   bool // pings abused the control channel: closing with 1008
 }
 
 func (ws *wsConn) setExpires(t time.Time) {
@@ -269,8 +268,6 @@ func (ws *wsConn) serve(release func()) {
 	defer release()
 	ws.readLoop()
 	switch {
-	case errors.Is(ws.readErr, errControlAbuse):
-		ws.closeWith(ClosePolicy, "control channel abuse")
 	case errors.Is(ws.readErr, errInvalidUTF8):
 		ws.closeWith(CloseInvalidData, "invalid UTF-8")
 	case errors.Is(ws.readErr, websocket.ErrMessageTooBig):
@@ -343,9 +340,14 @@ func (ws *wsConn) writeLoop() {
 			clear(b.items)
 			continue
 		}
+		if ws.abused.Load() {
+			// The replies are out; writing stays set: nothing follows.
+			ws.closeWith(ClosePolicy, "control channel abuse")
+			return
+		}
 		ws.clearDeadline() // before another writer may arm its own
 		ws.writing.Store(false)
-		if !ws.client.Pending() && ws.client.Reason() == hub.DisconnectNone {
+		if !ws.client.Pending() && ws.client.Reason() == hub.DisconnectNone && !ws.abused.Load() {
 			return
 		}
 		if !ws.writing.CompareAndSwap(false, true) {
@@ -470,18 +472,26 @@ func (ws *wsConn) closeWith(code websocket.StatusCode, reason string) {
 // runs on its own goroutine, since the close handshake needs the reader
 // to go on reading.
 func (ws *wsConn) onPing(context.Context, []byte) bool {
-	if ws.pingAbuse {
+	if ws.abused.Load() {
 		return false
 	}
 	if !ws.limiter.Allow() {
 		ws.reply(appendError(nil, nil, "", codeRateLimited, "too many control messages; slow down"))
-		if ws.violation() {
-			ws.pingAbuse = true
-			go ws.closeWith(ClosePolicy, "control channel abuse")
-		}
+		ws.countViolation()
 		return false
 	}
 	return true
+}
+
+// countViolation counts a rate_limited reply; over
+// Config.MaxControlViolations the writer closes with 1008 once the
+// replies queued before are written, and the reader goes on reading
+// (ignoring everything) so that the close handshake completes.
+func (ws *wsConn) countViolation() {
+	if ws.violation() {
+		ws.abused.Store(true)
+		ws.wake()
+	}
 }
 
 // pingFrame is a WebSocket ping from the server: FIN, opcode 9, no
@@ -559,7 +569,7 @@ func (ws *wsConn) readLoop() {
 			ws.readErr = err
 			return
 		}
-		if ws.pingAbuse {
+		if ws.abused.Load() {
 			continue // closing with 1008; nothing more is acted on
 		}
 		if typ == websocket.MessageText && !utf8.Valid(msg) {
@@ -570,10 +580,7 @@ func (ws *wsConn) readLoop() {
 		if !ws.limiter.Allow() {
 			f, _ := decodeControl(msg)
 			ws.reply(appendError(nil, f.ID, "", codeRateLimited, "too many control messages; slow down"))
-			if ws.violation() {
-				ws.readErr = errControlAbuse
-				return
-			}
+			ws.countViolation()
 			continue
 		}
 		if typ != websocket.MessageText {
