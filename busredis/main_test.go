@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"topohub/internal/redistest"
+	"topohub/internal/testwait"
 )
 
 // pkgRedis is the redis-server shared by this package's tests; each test
@@ -31,13 +32,7 @@ func deadRedis(t testing.TB) *redis.Client {
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond) // poll interval
-	}
+	testwait.For(t, d, what, cond)
 }
 
 // quietLog keeps the components' logs out of test output.

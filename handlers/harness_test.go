@@ -20,6 +20,7 @@ import (
 	"topohub/busredis"
 	"topohub/hub"
 	"topohub/internal/redistest"
+	"topohub/internal/testwait"
 )
 
 // pkgRedis is the redis-server shared by this package's tests; each test
@@ -145,13 +146,7 @@ func newTestHub(t *testing.T, opts ...hubOption) *testHub {
 // waitFor polls cond until it holds or the deadline passes.
 func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond) // poll interval
-	}
+	testwait.For(t, d, what, cond)
 }
 
 // createTopology writes the topology's hash, as the legacy API would.

@@ -15,6 +15,7 @@ import (
 
 	"topohub/hub"
 	"topohub/internal/redistest"
+	"topohub/internal/testwait"
 )
 
 var pkgRedis *redistest.Server
@@ -90,15 +91,10 @@ func (r *recorder) count() int {
 	return len(r.msgs)
 }
 
+// waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond) // poll interval
-	}
+	testwait.For(t, d, what, cond)
 }
 
 func testConfig(ids []string, prefix string) Config {
