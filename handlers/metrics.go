@@ -19,6 +19,8 @@ type hubCollector struct {
 	received, published, delivered, resyncs, busGaps *prometheus.Desc
 	dropped, clients, busUp                          *prometheus.Desc
 	snapReads, snapShared                            *prometheus.Desc
+	topologies, historyBytes, unwatched              *prometheus.Desc
+	historyDrops, topologyDrops, topologiesOver      *prometheus.Desc
 }
 
 func newHubCollector(h *hub.Hub, ready func() bool, busLag func() (time.Duration, bool)) *hubCollector {
@@ -42,11 +44,18 @@ func newHubCollector(h *hub.Hub, ready func() bool, busLag func() (time.Duration
 		busUp:      d("bus_subscription_up", "1 when every pattern subscription is established."),
 		snapReads:  d("snapshot_reads_total", "Snapshot reads from the snapshot source."),
 		snapShared: d("snapshots_shared_total", "Snapshots served by joining a read already under way."),
+
+		topologies:     d("topologies", "Topologies the hub keeps state for (TOPOHUB_MAX_TOPOLOGIES bounds those without subscribers)."),
+		historyBytes:   d("history_bytes", "Data bytes held in all resume histories (bounded by TOPOHUB_MAX_HISTORY_BYTES)."),
+		unwatched:      d("events_unwatched_total", "Events of topologies with no subscriber, now or within the history age: routed, not kept."),
+		historyDrops:   d("history_dropped_total", "Histories dropped whole because all histories together were over TOPOHUB_MAX_HISTORY_BYTES."),
+		topologyDrops:  d("topologies_forgotten_total", "Unwatched topologies forgotten because the hub kept more than TOPOHUB_MAX_TOPOLOGIES."),
+		topologiesOver: d("topologies_over_bound_total", "Trims that left more than TOPOHUB_MAX_TOPOLOGIES, all of them watched."),
 	}
 }
 
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.received, c.published, c.delivered, c.resyncs, c.busGaps, c.dropped, c.clients, c.busUp, c.snapReads, c.snapShared, c.lag, c.overflows, c.snapshots} {
+	for _, d := range []*prometheus.Desc{c.received, c.published, c.delivered, c.resyncs, c.busGaps, c.dropped, c.clients, c.busUp, c.snapReads, c.snapShared, c.lag, c.overflows, c.snapshots, c.topologies, c.historyBytes, c.unwatched, c.historyDrops, c.topologyDrops, c.topologiesOver} {
 		ch <- d
 	}
 }
@@ -65,6 +74,12 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.snapShared, s.SnapshotsShared.Load())
 	counter(c.overflows, s.Overflows.Load())
 	counter(c.snapshots, s.Snapshots.Load())
+	counter(c.unwatched, s.Unwatched.Load())
+	counter(c.historyDrops, s.HistoryDrops.Load())
+	counter(c.topologyDrops, s.TopologyDrops.Load())
+	counter(c.topologiesOver, s.TopologiesOver.Load())
+	ch <- prometheus.MustNewConstMetric(c.topologies, prometheus.GaugeValue, float64(s.Topologies.Load()))
+	ch <- prometheus.MustNewConstMetric(c.historyBytes, prometheus.GaugeValue, float64(s.HistoryBytes.Load()))
 	if c.busLag != nil {
 		if lag, ok := c.busLag(); ok {
 			ch <- prometheus.MustNewConstMetric(c.lag, prometheus.GaugeValue, lag.Seconds())

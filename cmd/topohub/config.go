@@ -28,6 +28,10 @@ type config struct {
 	KeyPrefix       string
 	QueueSize       int
 	MaxLag          time.Duration
+	MaxHistory      int
+	MaxTopologies   int
+	ProbeInterval   time.Duration
+	ProbeDeadline   time.Duration
 	PprofAddr       string
 	MaxSubs         int
 	Families        string
@@ -119,6 +123,10 @@ func flagDefs(c *config) []envFlag {
 		{"key-prefix", "TOPOHUB_KEY_PREFIX", "topohub:", "prefix of every Redis key", str(&c.KeyPrefix)},
 		{"queue-size", "TOPOHUB_QUEUE_SIZE", "256", "events a subscriber may fall behind its topology before a resync", num(&c.QueueSize)},
 		{"max-lag", "TOPOHUB_MAX_LAG", "1s", "age of the oldest undelivered event past which a subscriber is resynced", dur(&c.MaxLag)},
+		{"max-history-bytes", "TOPOHUB_MAX_HISTORY_BYTES", "134217728", "data bytes of all topologies' resume histories together; over it the least recently active are dropped", num(&c.MaxHistory)},
+		{"max-topologies", "TOPOHUB_MAX_TOPOLOGIES", "100000", "topologies the hub keeps state for; over it unwatched ones are forgotten", num(&c.MaxTopologies)},
+		{"probe-interval", "TOPOHUB_PROBE_INTERVAL", "2s", "how often the bus probe is published through Redis and expected back on the subscription", dur(&c.ProbeInterval)},
+		{"probe-deadline", "TOPOHUB_PROBE_DEADLINE", "4s", "a probe not read back within it marks the bus down and re-subscribes (at least 1.5 intervals)", dur(&c.ProbeDeadline)},
 		{"pprof-addr", "TOPOHUB_PPROF_ADDR", "", "loopback address for net/http/pprof, e.g. 127.0.0.1:6060 (empty: off)", str(&c.PprofAddr)},
 		{"max-subscriptions", "TOPOHUB_MAX_SUBSCRIPTIONS", "100", "topologies per WebSocket connection", num(&c.MaxSubs)},
 		{"families", "TOPOHUB_FAMILIES", "topology=segment,decky=payload:topology_id", "topic families and their routing", str(&c.Families)},

@@ -94,6 +94,8 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		Snapshots:        busredis.NewSnapshots(calls, cfg.KeyPrefix),
 		QueueSize:        cfg.QueueSize,
 		MaxLag:           cfg.MaxLag,
+		MaxHistoryBytes:  cfg.MaxHistory,
+		MaxTopologies:    cfg.MaxTopologies,
 		MaxSubscriptions: cfg.MaxSubs,
 		Logger:           log,
 	})
@@ -103,6 +105,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	limiter := busredis.NewLimiter(reqCalls, busredis.LimiterConfig{Max: cfg.MaxConnsPerUser, Prefix: cfg.KeyPrefix, Logger: log})
 	sub := busredis.NewSubscriber(ropts, h, busredis.SubscriberConfig{
 		Families: families, Publisher: rdb, Instance: limiter.InstanceID(), Logger: log,
+		LagInterval: cfg.ProbeInterval, ProbeDeadline: cfg.ProbeDeadline,
 	})
 	var revocations hub.RevocationList
 	if cfg.RevokedSet != "" {
