@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 
@@ -19,6 +20,7 @@ const DefaultKeyPrefix = "topohub:"
 // and the hash <prefix>topology:<id>:mutations (id -> JSON mutation row).
 type Snapshots struct {
 	rdb    redis.Cmdable
+	exists redis.Cmdable // runs Exists, through process (bounded.go)
 	prefix string
 }
 
@@ -30,26 +32,54 @@ func NewSnapshots(rdb redis.Cmdable, prefix string) *Snapshots {
 	if prefix == "" {
 		prefix = DefaultKeyPrefix
 	}
-	return &Snapshots{rdb: rdb, prefix: prefix}
+	return &Snapshots{rdb: rdb, exists: rdb, prefix: prefix}
+}
+
+// WithExistenceClient runs Exists, which a request waits for (a WebSocket
+// subscribe that resumes), on rdb, through process: give the asynchronous
+// autopipeliner, whose waits end with the request's deadline. Snapshot
+// reads stay on the client given to NewSnapshots; the hub bounds them
+// itself. It returns s.
+func (s *Snapshots) WithExistenceClient(rdb redis.Cmdable) *Snapshots {
+	s.exists = rdb
+	return s
 }
 
 // TopologyKey is the hash holding a topology's status.
 func (s *Snapshots) TopologyKey(id string) string { return s.prefix + "topology:" + id }
 
 // MutationsKey is the hash holding a topology's mutation rows.
-func (s *Snapshots) MutationsKey(id string) string { return s.prefix + "topology:" + id + ":mutations" }
+func (s *Snapshots) MutationsKey(id string) string {
+	return s.prefix + "topology:" + id + mutationsSuffix
+}
+
+// mutationsSuffix ends every mutations key after the topology's id.
+const mutationsSuffix = ":mutations"
+
+// collides reports whether id's hash would be another topology's
+// mutations hash: the key of id "kc:mutations" is the mutations key of
+// "kc". Such an id names no topology (the key layout of plain ids is the
+// contract's and stays as it is), so it is not found without asking
+// Redis.
+func collides(id string) bool { return strings.HasSuffix(id, mutationsSuffix) }
 
 // Exists reports whether the topology's hash exists.
 func (s *Snapshots) Exists(ctx context.Context, id string) (bool, error) {
-	n, err := s.rdb.Exists(ctx, s.TopologyKey(id)).Result()
-	if err != nil {
+	if collides(id) {
+		return false, nil
+	}
+	cmd := redis.NewIntCmd(ctx, "exists", s.TopologyKey(id))
+	if err := process(ctx, s.exists, cmd); err != nil {
 		return false, fmt.Errorf("exists %q: %w", id, err)
 	}
-	return n == 1, nil
+	return cmd.Val() == 1, nil
 }
 
 // Snapshot reads status and in-flight mutations in one round trip.
 func (s *Snapshots) Snapshot(ctx context.Context, id string) (hub.Snapshot, error) {
+	if collides(id) {
+		return hub.Snapshot{}, hub.ErrNotFound
+	}
 	var (
 		exists *redis.IntCmd
 		status *redis.StringCmd

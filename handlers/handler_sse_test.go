@@ -116,6 +116,7 @@ func TestSSEBadBodiesDroppedStreamKeepsWorking(t *testing.T) {
 func TestSSEAuthRefusals(t *testing.T) {
 	th := newTestHub(t)
 	id := th.newTopology()
+	th.addMutation(id, "m1", `{"id":"m1","state":"pending"}`)
 	other := []byte("another-secret-another-secret-0123456789")
 	noneTok := func() string {
 		tok, err := jwt.NewWithClaims(jwt.SigningMethodNone, jwt.MapClaims{"uuid": "u", "role": "viewer", "exp": time.Now().Add(time.Hour).Unix(), "iss": "decnet", "aud": "decnet-dashboard", "typ": "access"}).SignedString(jwt.UnsafeAllowNoneSignatureType)
@@ -157,6 +158,8 @@ func TestSSEAuthRefusals(t *testing.T) {
 		{"not found", th.sseURL("nope-" + id), bearer(th.token()), 404},
 		{"unauthenticated not found is 401", th.sseURL("nope-" + id), nil, 401},
 		{"invalid id", th.sseURL(strings.Repeat("x", 129)), bearer(th.token()), 400},
+		// id's mutations hash exists: the id naming that key is no topology.
+		{"key of another topology", th.sseURL(id + ":mutations"), bearer(th.token()), 404},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

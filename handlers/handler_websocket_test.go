@@ -264,6 +264,7 @@ func TestWebSocketThreeTopologiesOneSocket(t *testing.T) {
 func TestWebSocketErrorCodes(t *testing.T) {
 	th := newTestHub(t, withHubConfig(func(c *hub.Config) { c.MaxSubscriptions = 2 }))
 	a, b, gone := th.newTopology(), th.newTopology(), th.newTopology()
+	th.addMutation(a, "m1", `{"id":"m1","state":"pending"}`)
 	c := th.openWS(bearer(th.token()))
 
 	c.send(`not json`)
@@ -284,6 +285,8 @@ func TestWebSocketErrorCodes(t *testing.T) {
 	if m := c.expectError("not_found", "7"); m.raw != `{"op":"error","id":"7","topology":"nope-`+a+`","code":"not_found","message":"topology not found"}` {
 		t.Fatalf("not_found frame %s", m.raw)
 	}
+	c.send(`{"op":"subscribe","id":"7b","topology":"` + a + `:mutations"}`)
+	c.expectError("not_found", "7b") // a's mutations hash is no topology
 	c.send(`{"op":"refresh","id":"8","token":"` + th.token(claim("uuid", "user-2")) + `"}`)
 	c.expectError("forbidden", "8")
 	c.send(`{"op":"refresh","id":"9","token":"not.a.jwt"}`)
