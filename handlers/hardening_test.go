@@ -21,6 +21,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"topohub/busredis"
+	"topohub/hub"
 	"topohub/internal/redistest"
 )
 
@@ -304,16 +305,28 @@ func TestHungOrStoppedRedisAnswers503Fast(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	blocking, err := rdb.AutoPipeline() // as cmd/topohub wires snapshot reads
+	if err != nil {
+		t.Fatal(err)
+	}
 	prefix := redistest.UniqueID("slow") + ":"
 	th := newTestHub(t, withRedis(srv), withPrefix(prefix), withConfig(func(c *Config) {
 		c.Tickets = busredis.NewTickets(calls, prefix, 0)
 		c.Limiter = busredis.NewLimiter(calls, busredis.LimiterConfig{Prefix: prefix, Logger: quietLog})
 		c.Revocations = busredis.NewRevocations(calls, prefix+"revoked")
+	}), withSnapshotWrapper(func(hub.SnapshotSource) hub.SnapshotSource {
+		return busredis.NewSnapshots(blocking, prefix).WithExistenceClient(calls)
 	}))
 	id := th.newTopology()
 	plain := th.token()                        // no jti: no revocation check
 	withJTI := th.token(claim("jti", "j-503")) // checked against the revocation set
 	ticket := th.mintTicket(plain)
+	// A WebSocket that will resume a topology while Redis hangs: the
+	// resume checks existence, a call the subscribe waits for.
+	ws := th.openWS(bearer(plain))
+	cursor := ws.subscribe("s", id).ID
+	ws.send(`{"op":"unsubscribe","id":"u","topology":"` + id + `"}`)
+	ws.expect("unsubscribed")
 
 	const pause = 8 * time.Second
 	cases := []struct {
@@ -343,6 +356,12 @@ func TestHungOrStoppedRedisAnswers503Fast(t *testing.T) {
 		}
 	}
 	pauseRedis(t, srv, pause)
+	start := time.Now()
+	ws.send(`{"op":"subscribe","id":"r","topology":"` + id + `","since":"` + cursor + `"}`)
+	ws.expectError("unavailable", "r")
+	if took := time.Since(start); took > pause/2 {
+		t.Errorf("redis hung, WebSocket resume: unavailable after %v", took)
+	}
 	check("redis hung")
 	srv.Kill(t)
 	check("redis stopped")

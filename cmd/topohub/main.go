@@ -91,7 +91,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 
 	h, err := hub.New(hub.Config{
 		Families:         families,
-		Snapshots:        busredis.NewSnapshots(calls, cfg.KeyPrefix),
+		Snapshots:        busredis.NewSnapshots(calls, cfg.KeyPrefix).WithExistenceClient(reqCalls),
 		QueueSize:        cfg.QueueSize,
 		MaxLag:           cfg.MaxLag,
 		MaxHistoryBytes:  cfg.MaxHistory,
