@@ -36,8 +36,14 @@ type rawWS struct {
 
 func (th *testHub) dialRaw(header http.Header) *rawWS {
 	th.t.Helper()
+	return th.dialRawWith(&net.Dialer{Timeout: 5 * time.Second}, header)
+}
+
+// dialRawWith is dialRaw through d (for socket options).
+func (th *testHub) dialRawWith(d *net.Dialer, header http.Header) *rawWS {
+	th.t.Helper()
 	addr := strings.TrimPrefix(th.http.URL, "http://")
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	conn, err := d.Dial("tcp", addr)
 	if err != nil {
 		th.t.Fatal(err)
 	}
