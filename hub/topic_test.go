@@ -100,3 +100,49 @@ func TestCursorRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// FuzzTopic holds the topic parser to its rules for any input: a topic is
+// valid exactly when every dot-separated token is, the event name of a
+// valid topic is a valid topic made of its own tokens, and a family
+// specification either parses into families whose patterns are valid
+// topics with a trailing wildcard, or fails with an error.
+func FuzzTopic(f *testing.F) {
+	for _, s := range []string{
+		"topology.T.status", "decky.host:web1.state", "topology.T", "topology",
+		"a..b", ".", "a.b*", "a.>", "ü.\xff", "topology=segment,decky=payload:topology_id", "x=", "=segment",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		tokens := strings.Split(s, ".")
+		allValid := s != ""
+		for _, tok := range tokens {
+			allValid = allValid && ValidToken(tok)
+		}
+		if (ValidateTopic(s) == nil) != allValid {
+			t.Fatalf("ValidateTopic(%q) = %v, but its tokens valid = %v", s, ValidateTopic(s), allValid)
+		}
+		name := EventName(s)
+		if allValid {
+			if ValidateTopic(name) != nil {
+				t.Fatalf("EventName(%q) = %q is not a valid topic", s, name)
+			}
+			if !strings.HasSuffix(s, name) && !(tokens[0] == "decky" && len(tokens) >= 3) {
+				t.Fatalf("EventName(%q) = %q is not a suffix of the topic", s, name)
+			}
+		}
+		if err := ValidateTopologyID(s); err == nil && (len(s) > MaxTopologyIDLen || len(tokens) != 1) {
+			t.Fatalf("ValidateTopologyID accepted %q", s)
+		}
+		fams, err := ParseFamilies(s)
+		if err != nil {
+			return
+		}
+		for _, fam := range fams {
+			p := fam.Pattern()
+			if !strings.HasSuffix(p, ".*") || ValidateTopic(strings.TrimSuffix(p, ".*")) != nil {
+				t.Fatalf("ParseFamilies(%q): pattern %q", s, p)
+			}
+		}
+	})
+}
