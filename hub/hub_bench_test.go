@@ -110,3 +110,25 @@ func BenchmarkIdleClientMemory(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkPublishUnwatched is a producer flooding topologies nobody
+// subscribes to: routed and counted, nothing kept.
+func BenchmarkPublishUnwatched(b *testing.B) {
+	h, _ := New(Config{Snapshots: NewMemorySnapshots()})
+	channels := make([]string, 1024)
+	for i := range channels {
+		channels[i] = fmt.Sprintf("topology.ghost-%d.status", i)
+	}
+	body := []byte(`{"type":"status","ts":1764300000.123,"payload":{"state":"up"}}`)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if err := h.HandleMessage(channels[i%len(channels)], body); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+	if n := h.Stats().Topologies.Load(); n != 0 {
+		b.Fatalf("%d topologies kept", n)
+	}
+}
