@@ -171,7 +171,7 @@ func (s *Server) handleWebSocket(c *gin.Context) {
 		abortJSON(c, http.StatusForbidden, "origin not allowed")
 		return
 	}
-	p, release, ok := s.admit(c, nil)
+	p, release, ok := s.admit(c, nil, nil)
 	if !ok {
 		return
 	}
