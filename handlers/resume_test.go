@@ -107,3 +107,25 @@ func otherSecretCookie(t *testing.T, id string) string {
 	}
 	return a.mintResume(Principal{User: "user-1", Role: "viewer", Expires: time.Now().Add(time.Hour)}, id)
 }
+
+func TestResumeCookieSecureBehindTLSProxy(t *testing.T) {
+	th := newTestHub(t, withConfig(func(c *Config) { c.TrustedProxies = []string{"127.0.0.1/32"} }))
+	id := th.newTopology()
+	h := bearer(th.token())
+	h.Set("X-Forwarded-Proto", "https")
+	ck := resumeCookieOf(t, th.openSSE(th.sseURL(id), h).resp)
+	if !ck.Secure || ck.SameSite != http.SameSiteNoneMode || !ck.HttpOnly {
+		t.Errorf("behind a trusted TLS proxy: %+v, want Secure, SameSite=None, HttpOnly", ck)
+	}
+	// The same header from an untrusted peer changes nothing.
+	req, _ := http.NewRequest(http.MethodGet, th.sseURL(id), nil)
+	req.Header = h
+	resp, err := clientFrom("127.0.0.2").Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ck := resumeCookieOf(t, resp); ck.Secure {
+		t.Errorf("X-Forwarded-Proto of an untrusted peer believed: %+v", ck)
+	}
+}
