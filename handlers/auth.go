@@ -74,6 +74,7 @@ type Authenticator struct {
 	parser      *jwt.Parser
 	tickets     TicketStore
 	revocations hub.RevocationList // nil: no revocation checks
+	resumeKey   []byte             // MAC key of SSE resume cookies
 }
 
 // TicketStore is hub.TicketStore; busredis.Tickets implements it.
@@ -108,7 +109,7 @@ func NewAuthenticator(cfg AuthConfig, tickets TicketStore) (*Authenticator, erro
 	if cfg.Audience != "" {
 		opts = append(opts, jwt.WithAudience(cfg.Audience))
 	}
-	return &Authenticator{cfg: cfg, parser: jwt.NewParser(opts...), tickets: tickets}, nil
+	return &Authenticator{cfg: cfg, parser: jwt.NewParser(opts...), tickets: tickets, resumeKey: resumeKeyFor(cfg.Secret)}, nil
 }
 
 // tokenClaims are the claims topohub reads, decoded into a struct rather
@@ -292,7 +293,7 @@ func (a *Authenticator) RedeemTicket(ctx context.Context, ticket string) (Princi
 	p, err := a.tickets.Redeem(ctx, ticket)
 	if err != nil {
 		if errors.Is(err, ErrTicketInvalid) {
-			return Principal{}, unauthorized("%v", ErrTicketInvalid)
+			return Principal{}, errTicketSpent
 		}
 		return Principal{}, err
 	}
@@ -309,6 +310,11 @@ func (a *Authenticator) RedeemTicket(ctx context.Context, ticket string) (Princi
 	}
 	return p, nil
 }
+
+// errTicketSpent is the refusal of a ticket that is unknown, expired or
+// used (one value, so the SSE route can tell it from other refusals and
+// try the resume cookie).
+var errTicketSpent = &AuthError{Status: http.StatusUnauthorized, Message: ErrTicketInvalid.Error()}
 
 // isAuthError tells a refused credential from a store that failed.
 func isAuthError(err error) bool {

@@ -1,6 +1,7 @@
 package handlers
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -29,14 +30,19 @@ const retryCap = 5 * time.Second
 // caller cannot probe ids, then the per-user cap. Their Redis calls share
 // one deadline, Config.RequestTimeout, which subscribe's ctx carries. On
 // refusal it has answered and returns ok=false.
-func (s *Server) admit(c *gin.Context, subscribe func(context.Context, Principal) bool) (p Principal, release func(), ok bool) {
+//
+// authenticate reads the credentials; nil means Authenticator.Authenticate.
+func (s *Server) admit(c *gin.Context, authenticate func(context.Context) (Principal, error), subscribe func(context.Context, Principal) bool) (p Principal, release func(), ok bool) {
 	if s.draining.Load() {
 		abortUnavailable(c, "hub shutting down")
 		return p, nil, false
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), s.cfg.RequestTimeout)
 	defer cancel()
-	p, err := s.auth.Authenticate(ctx, c)
+	if authenticate == nil {
+		authenticate = func(ctx context.Context) (Principal, error) { return s.auth.Authenticate(ctx, c) }
+	}
+	p, err := authenticate(ctx)
 	if err != nil {
 		if !isAuthError(err) {
 			s.log.Error("credential check failed", "err", err)
@@ -79,7 +85,8 @@ func (s *Server) handleSSE(c *gin.Context) {
 		return
 	}
 	var client *hub.Client
-	p, release, ok := s.admit(c, func(ctx context.Context, p Principal) bool {
+	authenticate := func(ctx context.Context) (Principal, error) { return s.auth.authenticateSSE(ctx, c, id) }
+	p, release, ok := s.admit(c, authenticate, func(ctx context.Context, p Principal) bool {
 		since := c.GetHeader("Last-Event-ID")
 		if since == "" {
 			since = c.Query("lastEventId")
@@ -105,7 +112,8 @@ func (s *Server) handleSSE(c *gin.Context) {
 		return
 	}
 	client.SetTokenID(p.JTI)
-	sc := &sseConn{s: s, client: client, chunked: c.Request.ProtoAtLeast(1, 1)}
+	s.setResumeCookie(c, p, id)
+	sc := &sseConn{s: s, client: client, chunked: c.Request.ProtoAtLeast(1, 1), header: c.Writer.Header()}
 	c.Status(http.StatusOK) // for the access log
 	conn, _, err := c.Writer.Hijack()
 	if err != nil {
@@ -147,6 +155,7 @@ type sseConn struct {
 	conn    net.Conn
 	client  *hub.Client
 	chunked bool
+	header  http.Header // set by the route before the hijack: cookie, CORS
 
 	keepalive, expiry *time.Timer
 	// writing is set while a writer runs, and for good once the stream
@@ -159,7 +168,21 @@ func (sc *sseConn) start() error {
 	if !sc.chunked {
 		head = sseHead10
 	}
-	return sc.write(head)
+	return sc.write(withHeaders(head, sc.header))
+}
+
+// withHeaders inserts h's fields after head's status line: the headers
+// the route set (resume cookie, CORS) before the connection was hijacked.
+func withHeaders(head []byte, h http.Header) []byte {
+	if len(h) == 0 {
+		return head
+	}
+	i := bytes.Index(head, []byte("\r\n")) + 2
+	var b bytes.Buffer
+	b.Write(head[:i])
+	_ = h.Write(&b)
+	b.Write(head[i:])
+	return b.Bytes()
 }
 
 // write sends b in one system call within Config.WriteTimeout.

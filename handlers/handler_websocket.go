@@ -100,23 +100,46 @@ func compileOrigins(list []string) ([]originPattern, error) {
 }
 
 // originAllowed applies Config.AllowedOrigins to the handshake: no Origin
-// (not a browser) or the request's own host is allowed, anything else
-// must match a pattern.
+// (not a browser) or the public host (the request's own, or the one a
+// trusted proxy names) is allowed, anything else must match a pattern of
+// AllowedOrigins or CORSOrigins (a page that may mint tickets across
+// origins may use them on the WebSocket too; refusing it would only push
+// it to the SSE fallback, one stream slot per topology).
 func (s *Server) originAllowed(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" {
 		return true
 	}
-	u, err := url.Parse(origin)
-	if err != nil || u.Host == "" {
+	u, ok := parseOrigin(origin)
+	if !ok {
 		return false
 	}
-	if strings.EqualFold(u.Host, r.Host) {
-		return true
+	return s.sameOrigin(r, u) || matchOrigin(s.origins, u) || matchOrigin(s.corsOrigins, u)
+}
+
+// parseOrigin reads an Origin header; "null" and anything without a host
+// are refused.
+func parseOrigin(origin string) (*url.URL, bool) {
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return nil, false
 	}
+	return u, true
+}
+
+// sameOrigin reports whether the Origin u names the host the browser
+// reached: the request's Host, or the public host a trusted proxy gives
+// (X-Forwarded-Host, Forwarded host=).
+func (s *Server) sameOrigin(r *http.Request, u *url.URL) bool {
+	host, _ := s.proxies.publicHost(r)
+	return strings.EqualFold(u.Host, host)
+}
+
+// matchOrigin applies an allow-list to the Origin u.
+func matchOrigin(patterns []originPattern, u *url.URL) bool {
 	host := strings.ToLower(u.Host)
 	full := strings.ToLower(u.Scheme) + "://" + host
-	for _, p := range s.origins {
+	for _, p := range patterns {
 		target := host
 		if p.withScheme {
 			target = full
@@ -144,7 +167,7 @@ func (s *Server) handleWebSocket(c *gin.Context) {
 		abortJSON(c, http.StatusForbidden, "origin not allowed")
 		return
 	}
-	p, release, ok := s.admit(c, nil)
+	p, release, ok := s.admit(c, nil, nil)
 	if !ok {
 		return
 	}

@@ -55,6 +55,19 @@ type Config struct {
 	// request without an Origin header (not a browser) is always allowed.
 	// Zero value means only same-host origins.
 	AllowedOrigins []string
+	// CORSOrigins lists the browser origins, in AllowedOrigins' pattern
+	// syntax, that may call the ticket route, open the SSE route and load
+	// the client library from another origin (CORS, with credentials, so
+	// the origin is echoed and never "*"); they may open the WebSocket
+	// too. Zero value means same origin only.
+	CORSOrigins []string
+	// TrustedProxies lists the peers (CIDRs or addresses) whose
+	// X-Forwarded-For, X-Forwarded-Host, X-Forwarded-Proto and Forwarded
+	// headers are believed: the client address logged, the public host
+	// the same-origin checks compare Origin with, and the scheme that
+	// decides the resume cookie's Secure attribute. Zero value means
+	// nobody's: the headers are ignored.
+	TrustedProxies []string
 	// ControlRate limits the control messages one WebSocket may send per
 	// second; over it a message is answered rate_limited and ignored.
 	// Zero value means 20 per second; rate.Inf disables the limit.
@@ -101,15 +114,19 @@ type Config struct {
 
 // Server holds the hub's HTTP routes.
 type Server struct {
-	cfg      Config
-	hub      *hub.Hub
-	auth     *Authenticator
-	minting  *userRates // per-user rate of ticket minting
-	engine   *gin.Engine
-	log      *slog.Logger
-	origins  []originPattern
-	draining atomic.Bool
-	streams  streamSet // open SSE and WebSocket handlers
+	cfg     Config
+	hub     *hub.Hub
+	auth    *Authenticator
+	minting *userRates // per-user rate of ticket minting
+	engine  *gin.Engine
+	log     *slog.Logger
+	origins []originPattern
+	// corsOrigins is Config.CORSOrigins compiled; proxies
+	// Config.TrustedProxies.
+	corsOrigins []originPattern
+	proxies     trustedProxies
+	draining    atomic.Bool
+	streams     streamSet // open SSE and WebSocket handlers
 
 	logRetries rate.Sometimes // snapshot retries, logged rate-limited
 }
@@ -151,6 +168,14 @@ func New(h *hub.Hub, cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	corsOrigins, err := compileOrigins(cfg.CORSOrigins)
+	if err != nil {
+		return nil, err
+	}
+	proxies, err := parseTrustedProxies(cfg.TrustedProxies)
+	if err != nil {
+		return nil, err
+	}
 	if cfg.TicketRate == 0 {
 		cfg.TicketRate = 1
 	}
@@ -169,23 +194,31 @@ func New(h *hub.Hub, cfg Config) (*Server, error) {
 	}
 	auth.revocations = cfg.Revocations
 	s := &Server{cfg: cfg, hub: h, auth: auth, log: cfg.Logger, origins: origins,
+		corsOrigins: corsOrigins, proxies: proxies,
 		logRetries: rate.Sometimes{First: 5, Interval: 10 * time.Second}}
 	s.minting = newUserRates(cfg.TicketRate, cfg.TicketBurst, maxMintingUsers)
 
 	gin.SetMode(gin.ReleaseMode)
 	e := gin.New()
+	// gin believes X-Forwarded-For from every peer unless told otherwise.
+	if err := e.SetTrustedProxies(proxies.strings()); err != nil {
+		return nil, fmt.Errorf("trusted proxies: %w", err)
+	}
 	e.Use(gin.Recovery(), s.accessLog)
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
 	reg := newMetricsRegistry(h, cfg.Ready, cfg.BusLag)
 	e.GET("/metrics", gin.WrapH(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})))
 	api := e.Group(cfg.BasePath)
-	api.GET("/topologies/:id/events", s.handleSSE)
-	api.POST("/auth/sse-ticket", s.handleTicket)
+	refuse := s.cors(true)
+	api.GET("/topologies/:id/events", refuse, s.handleSSE)
+	api.OPTIONS("/topologies/:id/events", refuse, options)
+	api.POST("/auth/sse-ticket", refuse, s.handleTicket)
+	api.OPTIONS("/auth/sse-ticket", refuse, options)
 	if !cfg.DisableWebSocket {
 		api.GET("/ws", s.handleWebSocket)
 	}
-	serveWeb(e)
+	serveWeb(e, s.cors(false))
 	s.engine = e
 	return s, nil
 }
@@ -281,8 +314,18 @@ func (s *Server) accessLog(c *gin.Context) {
 		"path", redactPath(c.Request.URL.Path),
 		"status", c.Writer.Status(),
 		"duration", time.Since(start),
-		"remote", c.ClientIP(),
+		"remote", s.clientIP(c),
 	)
+}
+
+// clientIP is the client's address: gin's reading (X-Forwarded-For or
+// X-Real-IP from a trusted proxy, else the peer), or the for= of a
+// trusted proxy's Forwarded header when it sends only that.
+func (s *Server) clientIP(c *gin.Context) string {
+	if ip := s.proxies.forwardedFor(c.Request); ip != "" {
+		return ip
+	}
+	return c.ClientIP()
 }
 
 func (s *Server) healthz(c *gin.Context) {

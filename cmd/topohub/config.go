@@ -24,6 +24,8 @@ type config struct {
 	MaxConnsPerUser int
 	Keepalive       time.Duration
 	AllowedOrigins  []string
+	CORSOrigins     []string
+	TrustedProxies  []string
 	AllowQueryToken bool
 	KeyPrefix       string
 	QueueSize       int
@@ -119,6 +121,8 @@ func flagDefs(c *config) []envFlag {
 		{"max-conns-per-user", "TOPOHUB_MAX_CONNS_PER_USER", "5", "streams per user, WebSocket and SSE together", num(&c.MaxConnsPerUser)},
 		{"keepalive", "TOPOHUB_KEEPALIVE", "15s", "keepalive interval", dur(&c.Keepalive)},
 		{"allowed-origins", "TOPOHUB_ALLOWED_ORIGINS", "", "WebSocket Origin allow-list (comma-separated; empty: same host only)", list(&c.AllowedOrigins)},
+		{"cors-origins", "TOPOHUB_CORS_ORIGINS", "", "origins allowed to mint tickets, open SSE streams and load /topohub.js across origins (comma-separated patterns as for allowed-origins; empty: same origin only)", list(&c.CORSOrigins)},
+		{"trusted-proxies", "TOPOHUB_TRUSTED_PROXIES", "", "proxies (comma-separated CIDRs or addresses) whose X-Forwarded-* and Forwarded headers are believed (empty: none)", list(&c.TrustedProxies)},
 		{"allow-query-token", "TOPOHUB_ALLOW_QUERY_TOKEN", "false", "accept a raw JWT in ?token= (legacy clients)", boolean(&c.AllowQueryToken)},
 		{"key-prefix", "TOPOHUB_KEY_PREFIX", "topohub:", "prefix of every Redis key", str(&c.KeyPrefix)},
 		{"queue-size", "TOPOHUB_QUEUE_SIZE", "256", "events a subscriber may fall behind its topology before a resync", num(&c.QueueSize)},

@@ -131,6 +131,8 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		Limiter:          limiter,
 		Keepalive:        cfg.Keepalive,
 		AllowedOrigins:   cfg.AllowedOrigins,
+		CORSOrigins:      cfg.CORSOrigins,
+		TrustedProxies:   cfg.TrustedProxies,
 		DisableWebSocket: cfg.DisableWS,
 		RequestTimeout:   cfg.RequestTimeout,
 		SendBuffer:       cfg.SendBuffer,
