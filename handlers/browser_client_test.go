@@ -40,7 +40,7 @@ window.T = {token: ` + strconv.Quote(token) + `, sockets: 0, tickets: 0, states:
   const mod = await import("/topohub.js");
   T.mod = mod;
   class CountingWebSocket extends WebSocket {
-    constructor(...args) { super(...args); T.sockets++; }
+    constructor(...args) { super(...args); T.sockets++; T.closes = T.closes || []; this.addEventListener("close", e => T.closes.push([e.code, e.reason, e.wasClean])); }
   }
   T.hub = mod.connect({
     url: location.origin,
@@ -78,7 +78,7 @@ func (p *page) stays(what, expr string, d time.Duration) {
 	deadline := time.Now().Add(d)
 	for time.Now().Before(deadline) {
 		if p.eval(`String(!!(`+expr+`))`) != "true" {
-			p.t.Fatalf("%s: no longer holds: %s\nstate: %s", what, expr, p.eval(`JSON.stringify({states: T.states, sockets: T.sockets, tickets: T.tickets, error: T.hub.error})`))
+			p.t.Fatalf("%s: no longer holds: %s\nstate: %s", what, expr, p.eval(`JSON.stringify({states: T.states, sockets: T.sockets, tickets: T.tickets, error: T.hub.error, closes: T.closes})`))
 		}
 		time.Sleep(50 * time.Millisecond) // poll interval
 	}

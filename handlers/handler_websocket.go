@@ -198,7 +198,7 @@ func (s *Server) handleWebSocket(c *gin.Context) {
 	conn.SetReadLimit(maxControlMessage)
 
 	s.limitSendBuffer(hj.conn)
-	ws.conn, ws.netConn = conn, hj.conn
+	ws.conn, ws.netConn, ws.lingerConn, ws.gate = conn, hj.conn, hj.linger, &hj.gate
 	ws.client = s.hub.NewClient(p.User)
 	ws.limiter = rate.NewLimiter(s.cfg.ControlRate, s.cfg.ControlBurst)
 	ws.client.SetTokenID(p.JTI)
@@ -219,8 +219,12 @@ type wsConn struct {
 	s       *Server
 	conn    *websocket.Conn
 	netConn net.Conn // the hijacked connection, written directly
-	client  *hub.Client
-	user    string
+	// lingerConn is the same connection as the library holds it: its
+	// Close lingers unless a timed-out write made it abortive.
+	lingerConn *lingerConn
+	gate       *wsGate // orders the writes of the hub and the library
+	client     *hub.Client
+	user       string
 	// closed is set when the reader has ended: timers stop re-arming.
 	// (Not a context: every call context derived from one would register
 	// in, and keep, a children map per connection.)
@@ -356,7 +360,7 @@ func (ws *wsConn) writeLoop() {
 		}
 		if len(b.items) > 0 {
 			if b.msg, err = ws.writeItems(b.msg, b.items); err != nil {
-				discardUnsent(ws.netConn, err)
+				discardUnsent(ws.lingerConn, err)
 				_ = ws.conn.CloseNow() // the reader sees it and cleans up
 				return
 			}
@@ -453,8 +457,7 @@ func putHeader(dst []byte, n int) int {
 func (ws *wsConn) write(msg []byte) error {
 	start := putHeader(msg[:maxHeader], len(msg)-maxHeader)
 	ws.armDeadline()
-	_, err := ws.netConn.Write(msg[start:])
-	return err
+	return ws.gate.write(ws.netConn, msg[start:])
 }
 
 // writeShared sends a frame shared with other subscribers as one message
@@ -464,8 +467,7 @@ func (ws *wsConn) writeShared(frame []byte) error {
 	start := putHeader(hdr[:], len(frame))
 	ws.armDeadline()
 	bufs := net.Buffers{hdr[start:], frame}
-	_, err := bufs.WriteTo(ws.netConn)
-	return err
+	return ws.gate.writeBuffers(ws.netConn, &bufs)
 }
 
 // armDeadline bounds the next write by Config.WriteTimeout. A writer
@@ -536,7 +538,7 @@ func (ws *wsConn) keepalive() {
 	if sent := ws.pingSent.Swap(0); sent != 0 {
 		if ws.pongAt.Load() < sent {
 			ws.s.log.Debug("websocket ping unanswered")
-			discardUnsent(ws.netConn, os.ErrDeadlineExceeded)
+			discardUnsent(ws.lingerConn, os.ErrDeadlineExceeded)
 			_ = ws.conn.CloseNow()
 			return
 		}
@@ -546,10 +548,10 @@ func (ws *wsConn) keepalive() {
 	if !ws.writing.Load() && !ws.closing.Load() {
 		now := time.Now()
 		ws.armDeadline()
-		_, err := ws.netConn.Write(pingFrame)
+		err := ws.gate.write(ws.netConn, pingFrame)
 		ws.clearDeadline()
 		if err != nil {
-			discardUnsent(ws.netConn, err)
+			discardUnsent(ws.lingerConn, err)
 			_ = ws.conn.CloseNow()
 			return
 		}
