@@ -81,6 +81,13 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.busUp, prometheus.GaugeValue, up)
 }
 
+// BuildInfo names the running build, for topohub_build_info.
+type BuildInfo struct {
+	Version   string // module version, or "(devel)"
+	Revision  string // VCS commit, "-dirty" when the tree was modified
+	GoVersion string
+}
+
 // newMetricsRegistry holds the hub's metrics and the Go runtime's.
 func newMetricsRegistry(h *hub.Hub, ready func() bool, busLag func() (time.Duration, bool)) *prometheus.Registry {
 	reg := prometheus.NewRegistry()

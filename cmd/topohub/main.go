@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,7 +28,11 @@ import (
 )
 
 func main() {
-	if err := run(context.Background(), os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr); err != nil {
+	err := run(context.Background(), os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0) // -help printed the usage
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "topohub:", err)
 		os.Exit(1)
 	}
@@ -37,13 +42,21 @@ func main() {
 const shutdownGrace = 5 * time.Second
 
 func run(ctx context.Context, args []string, lookupEnv func(string) (string, bool), stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "token" {
+		return runToken(args[1:], lookupEnv, stdout, stderr)
+	}
 	cfg, err := loadConfig(args, lookupEnv)
 	if err != nil {
 		return err
 	}
-	var lh slog.Handler = slog.NewTextHandler(stderr, nil)
+	if cfg.ShowVersion {
+		return printVersion(stdout)
+	}
+	level, _ := parseLogLevel(cfg.LogLevel) // checked by loadConfig
+	hopts := &slog.HandlerOptions{Level: level}
+	var lh slog.Handler = slog.NewTextHandler(stderr, hopts)
 	if cfg.LogFormat == "json" {
-		lh = slog.NewJSONHandler(stderr, nil)
+		lh = slog.NewJSONHandler(stderr, hopts)
 	}
 	log := slog.New(lh)
 
