@@ -52,13 +52,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	if cfg.ShowVersion {
 		return printVersion(stdout)
 	}
-	level, _ := parseLogLevel(cfg.LogLevel) // checked by loadConfig
-	hopts := &slog.HandlerOptions{Level: level}
-	var lh slog.Handler = slog.NewTextHandler(stderr, hopts)
-	if cfg.LogFormat == "json" {
-		lh = slog.NewJSONHandler(stderr, hopts)
-	}
-	log := slog.New(lh)
+	log := newLogger(cfg, stderr)
 
 	if err := checkDemo(cfg); err != nil {
 		return err
@@ -85,8 +79,19 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		// The parse error quotes the URL, and with it any password.
 		return errors.New("TOPOHUB_REDIS_URL is not a valid redis:// or rediss:// URL (redis://[user:password@]host:port/db)")
 	}
+	redis.SetLogger(newRedisLogger(log, ropts.Password))
+	tp, stopTracing, err := startTracing(lookupEnv, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		stopTracing(ctx)
+	}()
+	log.Info("redis", "addr", ropts.Addr, "db", ropts.DB, "tls", ropts.TLSConfig != nil, "user", ropts.Username, "password_set", ropts.Password != "")
 	rdb := redis.NewClient(ropts)
-	defer rdb.Close()
+	defer closeWithin(rdb, time.Second, log)
 	// Handshakes make small Redis calls concurrently (ticket, cap,
 	// snapshots): the autopipeliner sends those in flight together as one
 	// pipeline, one system call each way for many handshakes.
@@ -115,7 +120,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	}
 	limiter := busredis.NewLimiter(reqCalls, busredis.LimiterConfig{Max: cfg.MaxConnsPerUser, Prefix: cfg.KeyPrefix, Logger: log})
 	sub := busredis.NewSubscriber(ropts, h, busredis.SubscriberConfig{
-		Families: families, Publisher: rdb, Instance: limiter.InstanceID(), Logger: log,
+		Families: families, Publisher: rdb, Instance: limiter.InstanceID(), Logger: log, TracerProvider: tp,
 	})
 	var revocations hub.RevocationList
 	if cfg.RevokedSet != "" {
@@ -146,6 +151,8 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		SendBuffer:       cfg.SendBuffer,
 		Ready:            sub.Ready,
 		BusLag:           sub.LastLag,
+		Build:            buildInfo(),
+		TracerProvider:   tp,
 		Logger:           log,
 	})
 	if err != nil {
@@ -239,4 +246,18 @@ func displayAddr(a net.Addr) string {
 		return a.String()
 	}
 	return ta.String()
+}
+
+// closeWithin closes c but waits at most d: go-redis's Close waits for
+// dials under way, and a dial to a Redis that never answers (a TLS
+// handshake with a plain server) would hold the exit up for tens of
+// seconds, past the documented grace.
+func closeWithin(c io.Closer, d time.Duration, log *slog.Logger) {
+	done := make(chan struct{})
+	go func() { _ = c.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		log.Warn("redis connections still closing at exit; not waiting for them")
+	}
 }
