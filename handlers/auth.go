@@ -60,9 +60,12 @@ type Principal = hub.Principal
 type AuthError struct {
 	Status  int
 	Message string
+	err     error // what it wraps, if anything (ErrTicketInvalid)
 }
 
 func (e *AuthError) Error() string { return e.Message }
+
+func (e *AuthError) Unwrap() error { return e.err }
 
 func unauthorized(format string, args ...any) *AuthError {
 	return &AuthError{Status: http.StatusUnauthorized, Message: fmt.Sprintf(format, args...)}
@@ -74,6 +77,7 @@ type Authenticator struct {
 	parser      *jwt.Parser
 	tickets     TicketStore
 	revocations hub.RevocationList // nil: no revocation checks
+	metrics     *serverMetrics     // nil: not counted
 }
 
 // TicketStore is hub.TicketStore; busredis.Tickets implements it.
@@ -286,13 +290,30 @@ func (a *Authenticator) CheckRevoked(ctx context.Context, p Principal) error {
 // RedeemTicket consumes a ticket and re-checks the session it carries:
 // its exp, its role and the revocation of the token it was minted from.
 func (a *Authenticator) RedeemTicket(ctx context.Context, ticket string) (Principal, error) {
+	p, err := a.redeemTicket(ctx, ticket)
+	if m := a.metrics; m != nil {
+		switch {
+		case err == nil:
+			m.ticketsRedeem.Inc()
+		case errors.Is(err, ErrTicketInvalid):
+			m.ticketsRefuse.WithLabelValues("invalid").Inc()
+		case isAuthError(err):
+			m.ticketsRefuse.WithLabelValues("credentials").Inc()
+		default:
+			m.ticketsRefuse.WithLabelValues("unavailable").Inc()
+		}
+	}
+	return p, err
+}
+
+func (a *Authenticator) redeemTicket(ctx context.Context, ticket string) (Principal, error) {
 	if a.tickets == nil {
 		return Principal{}, unauthorized("tickets are not enabled")
 	}
 	p, err := a.tickets.Redeem(ctx, ticket)
 	if err != nil {
 		if errors.Is(err, ErrTicketInvalid) {
-			return Principal{}, unauthorized("%v", ErrTicketInvalid)
+			return Principal{}, &AuthError{Status: http.StatusUnauthorized, Message: ErrTicketInvalid.Error(), err: ErrTicketInvalid}
 		}
 		return Principal{}, err
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/gin-gonic/gin"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
 	"topohub/hub"
@@ -142,16 +143,22 @@ func (s *Server) originAllowed(r *http.Request) bool {
 // timers. Everything the client receives goes through the client's queue
 // and that one writer at a time, so replies and events keep their order.
 func (s *Server) handleWebSocket(c *gin.Context) {
+	start := time.Now()
+	ctx, span := s.tracer.Start(c.Request.Context(), "api.ws.handshake", trace.WithSpanKind(trace.SpanKindServer))
+	defer span.End()
+	c.Request = c.Request.WithContext(ctx)
 	// The origin is checked before admit, so a refused page does not spend
 	// a single-use ticket.
 	if !s.originAllowed(c.Request) {
+		s.refuse(c, transportWS, refusedOrigin, "origin not allowed", "origin", c.GetHeader("Origin"))
 		abortJSON(c, http.StatusForbidden, "origin not allowed")
 		return
 	}
-	p, release, ok := s.admit(c, nil)
+	p, release, ok := s.admit(c, transportWS, nil)
 	if !ok {
 		return
 	}
+	s.metrics.handshakeDone(transportWS, start)
 
 	hj := &hijackCapture{ResponseWriter: c.Writer}
 	ws := &wsConn{s: s, user: p.User}
@@ -336,7 +343,7 @@ func (ws *wsConn) writeLoop() {
 		}
 		if len(b.items) > 0 {
 			if b.msg, err = ws.writeItems(b.msg, b.items); err != nil {
-				discardUnsent(ws.netConn, err)
+				discardUnsent(ws.netConn, err, ws.s.metrics.slowDrops[transportWS])
 				_ = ws.conn.CloseNow() // the reader sees it and cleans up
 				return
 			}
@@ -457,7 +464,11 @@ func (ws *wsConn) clearDeadline() { _ = ws.netConn.SetWriteDeadline(time.Time{})
 // closeWith starts the close handshake with code; after it no message
 // may follow.
 func (ws *wsConn) closeWith(code websocket.StatusCode, reason string) {
-	ws.closing.Store(true)
+	if !ws.closing.Swap(true) {
+		if c := ws.s.metrics.closes[code]; c != nil {
+			c.Inc()
+		}
+	}
 	ws.clearDeadline() // the library bounds its close handshake itself
 	_ = ws.conn.Close(code, reason)
 }
@@ -474,6 +485,7 @@ func (ws *wsConn) onPing(context.Context, []byte) bool {
 		return false
 	}
 	if !ws.limiter.Allow() {
+		ws.s.metrics.rateLimited.Inc()
 		ws.reply(appendError(nil, nil, "", codeRateLimited, "too many control messages; slow down"))
 		if ws.violation() {
 			ws.pingAbuse = true
@@ -503,7 +515,7 @@ func (ws *wsConn) keepalive() {
 	if sent := ws.pingSent.Swap(0); sent != 0 {
 		if ws.pongAt.Load() < sent {
 			ws.s.log.Debug("websocket ping unanswered")
-			discardUnsent(ws.netConn, os.ErrDeadlineExceeded)
+			discardUnsent(ws.netConn, os.ErrDeadlineExceeded, ws.s.metrics.slowDrops[transportWS])
 			_ = ws.conn.CloseNow()
 			return
 		}
@@ -516,7 +528,7 @@ func (ws *wsConn) keepalive() {
 		_, err := ws.netConn.Write(pingFrame)
 		ws.clearDeadline()
 		if err != nil {
-			discardUnsent(ws.netConn, err)
+			discardUnsent(ws.netConn, err, ws.s.metrics.slowDrops[transportWS])
 			_ = ws.conn.CloseNow()
 			return
 		}
@@ -569,6 +581,7 @@ func (ws *wsConn) readLoop() {
 		}
 		if !ws.limiter.Allow() {
 			f, _ := decodeControl(msg)
+			ws.s.metrics.rateLimited.Inc()
 			ws.reply(appendError(nil, f.ID, "", codeRateLimited, "too many control messages; slow down"))
 			if ws.violation() {
 				ws.readErr = errControlAbuse
@@ -661,6 +674,7 @@ func (ws *wsConn) refresh(f controlFrame) {
 		var ae *AuthError
 		switch {
 		case errors.As(err, &ae):
+			ws.s.log.Info("refresh refused", "reason", "credentials", "detail", ae.Message)
 			ws.reply(appendError(nil, f.ID, "", codeForbidden, ae.Message))
 		case !ws.closed.Load():
 			ws.s.log.Error("credential check failed", "err", err)
@@ -669,6 +683,7 @@ func (ws *wsConn) refresh(f controlFrame) {
 		return
 	}
 	if p.User != ws.user {
+		ws.s.log.Info("refresh refused", "reason", "another_user", "user", ws.user)
 		ws.reply(appendError(nil, f.ID, "", codeForbidden, "credentials belong to another user"))
 		return
 	}
