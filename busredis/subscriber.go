@@ -330,6 +330,16 @@ func (s *Subscriber) Run(ctx context.Context) {
 	tracer := s.cfg.TracerProvider.Tracer(TracerName)
 	var span trace.Span // the attempt under way; nil once confirmed
 	attempt := 0
+	// startSpan opens the span of one (re)subscription: made here by
+	// replace, or by go-redis itself after it lost the connection.
+	startSpan := func() context.Context {
+		attempt++
+		var sctx context.Context
+		sctx, span = tracer.Start(ctx, "redis.psubscribe", trace.WithSpanKind(trace.SpanKindClient),
+			trace.WithAttributes(attribute.StringSlice("topohub.patterns", s.pats), attribute.Int("topohub.attempt", attempt),
+				attribute.String("server.address", s.opts.Addr)))
+		return sctx
+	}
 	replace := func() {
 		if ps != nil {
 			_ = ps.Close()
@@ -338,12 +348,7 @@ func (s *Subscriber) Run(ctx context.Context) {
 			span.SetStatus(codes.Error, "replaced before it was confirmed")
 			span.End()
 		}
-		attempt++
-		var sctx context.Context
-		sctx, span = tracer.Start(ctx, "redis.psubscribe", trace.WithSpanKind(trace.SpanKindClient),
-			trace.WithAttributes(attribute.StringSlice("topohub.patterns", s.pats), attribute.Int("topohub.attempt", attempt),
-				attribute.String("server.address", s.opts.Addr)))
-		ps = rdb.PSubscribe(sctx, s.pats...)
+		ps = rdb.PSubscribe(startSpan(), s.pats...)
 		s.mu.Lock()
 		s.ps = ps
 		s.mu.Unlock()
@@ -413,9 +418,10 @@ func (s *Subscriber) Run(ctx context.Context) {
 				replace()
 			}
 			pingOut = false
-			if span != nil {
-				span.RecordError(s.redactErr(err))
+			if span == nil {
+				startSpan() // go-redis resubscribes on the next receive
 			}
+			span.RecordError(s.redactErr(err))
 			if s.setDown() {
 				log.Warn("redis subscription lost", "problem", ProblemTLS(err, s.opts.TLSConfig != nil), "addr", s.opts.Addr, "err", s.redactErr(err))
 				failures.Reset()
