@@ -386,6 +386,16 @@ func (ws *wsConn) writeItems(buf []byte, items []hub.Item) ([]byte, error) {
 			}
 			buf = buf[:maxHeader]
 		}
+		if len(frame) > hub.MaxWSMessage && it.Event != nil {
+			// Bus events that large are dropped by the decoder; this is a
+			// snapshot (thousands of in-flight mutations). Clients at
+			// their default read limit would close with 1009.
+			ws.s.metrics.oversized.Inc()
+			ws.s.logOversized.Do(func() {
+				ws.s.log.Warn("websocket frame over 1 MiB not sent", "topology", it.Event.Topology, "event", it.Event.Name, "bytes", len(frame))
+			})
+			continue
+		}
 		if len(frame) >= limit {
 			// Alone anyway: write the shared bytes without copying them.
 			if err := ws.writeShared(frame); err != nil {

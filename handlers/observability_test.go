@@ -216,3 +216,20 @@ func TestTracedHandshake(t *testing.T) {
 	}
 }
 
+// TestWebSocketNeverSendsOver1MiB: a snapshot larger than 1 MiB (many or
+// huge in-flight mutations) is not sent on WebSocket, where clients at
+// their default read limit would close with 1009, and is counted.
+func TestWebSocketNeverSendsOver1MiB(t *testing.T) {
+	th := newTestHub(t)
+	topo := th.newTopology()
+	th.addMutation(topo, "m1", `{"id":"m1","topology_id":"`+topo+`","op":"add_decky","payload":{"blob":"`+strings.Repeat("z", 1<<20)+`"},"state":"pending","requested_at":"2026-11-28T10:00:00+00:00","applied_at":null,"reason":null}`)
+	before := th.scrape()[`topohub_ws_frames_dropped_total`]
+	c := th.openWS(bearer(th.token()))
+	c.send(`{"op":"subscribe","id":"1","topology":"` + topo + `"}`)
+	c.expect("subscribed")
+	waitFor(t, 10*time.Second, "oversized snapshot counted", func() bool {
+		return th.scrape()[`topohub_ws_frames_dropped_total`] == before+1
+	})
+	c.send(`{"op":"ping","id":"2"}`)
+	c.expect("pong") // nothing over the limit came before it
+}

@@ -125,7 +125,8 @@ type Server struct {
 	metrics  *serverMetrics
 	tracer   trace.Tracer
 
-	logRetries rate.Sometimes // snapshot retries, logged rate-limited
+	logRetries   rate.Sometimes // snapshot retries, logged rate-limited
+	logOversized rate.Sometimes // frames over 1 MiB not sent
 }
 
 // New builds the routes over h.
@@ -188,8 +189,9 @@ func New(h *hub.Hub, cfg Config) (*Server, error) {
 	reg, metrics := newMetricsRegistry(h, cfg.Ready, cfg.BusLag, cfg.Build)
 	auth.metrics = metrics
 	s := &Server{cfg: cfg, hub: h, auth: auth, log: cfg.Logger, origins: origins, metrics: metrics,
-		tracer:     cfg.TracerProvider.Tracer(TracerName),
-		logRetries: rate.Sometimes{First: 5, Interval: 10 * time.Second}}
+		tracer:       cfg.TracerProvider.Tracer(TracerName),
+		logRetries:   rate.Sometimes{First: 5, Interval: 10 * time.Second},
+		logOversized: rate.Sometimes{First: 5, Interval: 10 * time.Second}}
 	s.minting = newUserRates(cfg.TicketRate, cfg.TicketBurst, maxMintingUsers)
 
 	gin.SetMode(gin.ReleaseMode)
