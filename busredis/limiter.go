@@ -42,7 +42,7 @@ type LimiterConfig struct {
 const releaseTimeout = 2 * time.Second
 
 // Limiter caps the streams of each user across every hub instance that
-// shares a Redis (PROTOCOL §5). See docs/deployment.md for the design.
+// shares a Redis (docs/protocol.md §5). See docs/deployment.md for the design.
 //
 // Per user, the hash <prefix>conns:<user> maps instance id -> streams
 // that instance holds. Each instance keeps <prefix>instance:<id> alive

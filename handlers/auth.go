@@ -23,7 +23,7 @@ const MinSecretLen = 32
 // DefaultMaxSession is AuthConfig.MaxSession's default.
 const DefaultMaxSession = 24 * time.Hour
 
-// AuthConfig configures token verification (PROTOCOL §5).
+// AuthConfig configures token verification (docs/protocol.md §5).
 type AuthConfig struct {
 	// Secret is the HS256 key; at least MinSecretLen bytes. Required.
 	Secret []byte

@@ -113,7 +113,7 @@ func endSpan(span trace.Span, err error) {
 	span.End()
 }
 
-// handleSSE serves GET <base>/topologies/:id/events (PROTOCOL §7).
+// handleSSE serves GET <base>/topologies/:id/events (docs/protocol.md §7).
 //
 // Like a WebSocket, an open stream costs one goroutine, which waits for
 // the client to hang up: once admitted, the connection is hijacked and

@@ -21,7 +21,7 @@ type ticketResponse struct {
 	ExpiresIn int    `json:"expires_in"` // seconds
 }
 
-// handleTicket serves POST <base>/auth/sse-ticket (PROTOCOL §5): a JWT in
+// handleTicket serves POST <base>/auth/sse-ticket (docs/protocol.md §5): a JWT in
 // an Authorization Bearer header, and nothing else (a ticket must not buy
 // another, nor a token in a URL), buys a single-use ticket to put in the
 // URL of an EventSource or WebSocket, which cannot send headers.

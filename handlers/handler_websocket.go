@@ -24,11 +24,11 @@ import (
 	"topohub/hub"
 )
 
-// Subprotocol is the WebSocket subprotocol of PROTOCOL §8. A client that
+// Subprotocol is the WebSocket subprotocol of docs/protocol.md §8. A client that
 // offers none is served as topohub.v1 too.
 const Subprotocol = "topohub.v1"
 
-// Close codes of the WebSocket route (PROTOCOL §8), each with what the
+// Close codes of the WebSocket route (docs/protocol.md §8), each with what the
 // client should do next.
 const (
 	// CloseNormal (1000): the connection ended in an orderly way.
@@ -133,7 +133,7 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	return false
 }
 
-// handleWebSocket serves GET <base>/ws (PROTOCOL §8): one connection, many
+// handleWebSocket serves GET <base>/ws (docs/protocol.md §8): one connection, many
 // topologies.
 //
 // An idle connection costs one goroutine, its reader: the handler returns

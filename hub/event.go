@@ -96,7 +96,7 @@ func (e *Event) SSEFrame() []byte {
 	return e.sse
 }
 
-// WSFrame is the event as one WebSocket frame of PROTOCOL §8, without a
+// WSFrame is the event as one WebSocket frame of docs/protocol.md §8, without a
 // trailing newline. Built once, shared by every WebSocket subscriber.
 func (e *Event) WSFrame() []byte {
 	e.wsOnce.Do(func() {
@@ -115,7 +115,7 @@ func (e *Event) WSFrame() []byte {
 	return e.ws
 }
 
-// A Decoder turns bus messages into events per PROTOCOL §1 and §3.
+// A Decoder turns bus messages into events per docs/protocol.md §1 and §3.
 type Decoder struct {
 	families []Family
 	maxBody  int

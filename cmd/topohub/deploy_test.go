@@ -1,7 +1,9 @@
 package main
 
 import (
+	"io/fs"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -195,5 +197,49 @@ func TestReadmeDocumentsEverySetting(t *testing.T) {
 	}
 	if ci := readRepoFile(t, ".ci/run"); !strings.Contains(ci, "go test -race ./...") {
 		t.Error(".ci/run does not run the README's test command")
+	}
+}
+
+// TestNothingPointsOutsideTheRepository: the wire contract is
+// docs/protocol.md; no file may send a reader to a file outside the
+// repository.
+func TestNothingPointsOutsideTheRepository(t *testing.T) {
+	outside := []string{"../" + "shared", "PROTOCOL" + ".md", "LEGACY" + ".md", "shared/" + "reference"}
+	err := filepath.WalkDir("../..", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if n := d.Name(); n == ".git" || n == "node_modules" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		switch filepath.Ext(p) {
+		case ".go", ".md", ".js", ".ts", ".yml", ".json", ".html", ".example":
+		default:
+			if n := d.Name(); n != "Dockerfile" && n != "run" {
+				return nil // binaries built here, images
+			}
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, s := range outside {
+			if strings.Contains(string(b), s) {
+				t.Errorf("%s mentions %s", p, s)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	proto := readRepoFile(t, "docs/protocol.md")
+	for _, part := range []string{"## 1. Topics", "## 2. Event names", "## 3. Event data", "## 4. Snapshot source", "## 5. Authentication", "## 6. Delivery", "## 7. SSE route", "## 8. WebSocket route"} {
+		if !strings.Contains(proto, part) {
+			t.Errorf("docs/protocol.md lacks %q", part)
+		}
 	}
 }
