@@ -42,7 +42,7 @@ type LimiterConfig struct {
 const releaseTimeout = 2 * time.Second
 
 // Limiter caps the streams of each user across every hub instance that
-// shares a Redis (PROTOCOL §5). See docs/deployment.md for the design.
+// shares a Redis (docs/protocol.md §5). See docs/deployment.md for the design.
 //
 // Per user, the hash <prefix>conns:<user> maps instance id -> streams
 // that instance holds. Each instance keeps <prefix>instance:<id> alive
@@ -246,7 +246,15 @@ func (l *Limiter) Run(ctx context.Context) {
 func (l *Limiter) beat(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.Heartbeat)
 	defer cancel()
-	alive, err := l.rdb.PExpire(ctx, l.instanceKey, l.cfg.TTL).Result()
+	// Through process: a heartbeat waiting on a dial that never completes
+	// (a TLS handshake a plain Redis never answers) must end with ctx, or
+	// shutdown waits for it.
+	pexpire := redis.NewBoolCmd(ctx, "pexpire", l.instanceKey, l.cfg.TTL.Milliseconds())
+	err := process(ctx, l.rdb, pexpire)
+	var alive bool
+	if err == nil {
+		alive, err = pexpire.Result()
+	}
 	if err != nil {
 		return fmt.Errorf("refresh %s: %w", l.instanceKey, err)
 	}

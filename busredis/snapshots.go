@@ -15,7 +15,7 @@ import (
 // DefaultKeyPrefix prefixes every key topohub reads or writes.
 const DefaultKeyPrefix = "topohub:"
 
-// Snapshots is the default snapshot source (PROTOCOL §4): the hash
+// Snapshots is the default snapshot source (docs/protocol.md §4): the hash
 // <prefix>topology:<id> (field status; its existence is the topology's)
 // and the hash <prefix>topology:<id>:mutations (id -> JSON mutation row).
 type Snapshots struct {

@@ -6,11 +6,16 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"topohub/hub"
 )
@@ -69,6 +74,14 @@ type SubscriberConfig struct {
 	Instance string
 	// Logger. Zero value means slog.Default().
 	Logger *slog.Logger
+	// FailureLogInterval: while the subscription cannot be made, the
+	// reason is logged at once and then at most once per interval. Zero
+	// value means 5s.
+	FailureLogInterval time.Duration
+	// TracerProvider makes a span per (re)subscription, from the attempt
+	// to the confirmation of every pattern. Zero value means otel's
+	// global provider.
+	TracerProvider trace.TracerProvider
 }
 
 // A Subscriber holds ONE Redis connection with one PSUBSCRIBE per family,
@@ -114,6 +127,12 @@ func NewSubscriber(opts *redis.Options, sink Sink, cfg SubscriberConfig) *Subscr
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.FailureLogInterval <= 0 {
+		cfg.FailureLogInterval = 5 * time.Second
+	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = otel.GetTracerProvider()
 	}
 	if cfg.LagInterval <= 0 {
 		cfg.LagInterval = 2 * time.Second
@@ -308,11 +327,28 @@ func (s *Subscriber) Run(ctx context.Context) {
 	// Only Run replaces s.ps (the probe only closes it), so the loop
 	// keeps its own copy and takes no lock per message.
 	var ps *redis.PubSub
+	tracer := s.cfg.TracerProvider.Tracer(TracerName)
+	var span trace.Span // the attempt under way; nil once confirmed
+	attempt := 0
+	// startSpan opens the span of one (re)subscription: made here by
+	// replace, or by go-redis itself after it lost the connection.
+	startSpan := func() context.Context {
+		attempt++
+		var sctx context.Context
+		sctx, span = tracer.Start(ctx, "redis.psubscribe", trace.WithSpanKind(trace.SpanKindClient),
+			trace.WithAttributes(attribute.StringSlice("topohub.patterns", s.pats), attribute.Int("topohub.attempt", attempt),
+				attribute.String("server.address", s.opts.Addr)))
+		return sctx
+	}
 	replace := func() {
 		if ps != nil {
 			_ = ps.Close()
 		}
-		ps = rdb.PSubscribe(ctx, s.pats...)
+		if span != nil {
+			span.SetStatus(codes.Error, "replaced before it was confirmed")
+			span.End()
+		}
+		ps = rdb.PSubscribe(startSpan(), s.pats...)
 		s.mu.Lock()
 		s.ps = ps
 		s.mu.Unlock()
@@ -328,6 +364,10 @@ func (s *Subscriber) Run(ctx context.Context) {
 	}
 	stop := context.AfterFunc(ctx, closePS)
 	defer func() {
+		if span != nil {
+			span.SetStatus(codes.Error, "stopped before it was confirmed")
+			span.End()
+		}
 		stop()
 		closePS()
 		s.mu.Lock()
@@ -344,6 +384,7 @@ func (s *Subscriber) Run(ctx context.Context) {
 	}
 	backoff := 50 * time.Millisecond
 	pingOut := false
+	failures := newEvery(s.cfg.FailureLogInterval)
 	for {
 		msg, err := ps.ReceiveTimeout(ctx, timeout)
 		if ctx.Err() != nil {
@@ -377,8 +418,17 @@ func (s *Subscriber) Run(ctx context.Context) {
 				replace()
 			}
 			pingOut = false
+			if span == nil {
+				startSpan() // go-redis resubscribes on the next receive
+			}
+			span.RecordError(s.redactErr(err))
 			if s.setDown() {
-				log.Warn("redis subscription lost", "err", err)
+				log.Warn("redis subscription lost", "problem", ProblemTLS(err, s.opts.TLSConfig != nil), "addr", s.opts.Addr, "err", s.redactErr(err))
+				failures.Reset()
+			} else {
+				failures.Do(func() {
+					log.Warn("redis subscription cannot be made; retrying", "problem", ProblemTLS(err, s.opts.TLSConfig != nil), "addr", s.opts.Addr, "err", s.redactErr(err))
+				})
 			}
 			select {
 			case <-ctx.Done():
@@ -403,12 +453,46 @@ func (s *Subscriber) Run(ctx context.Context) {
 				s.gaps.Add(1)
 				s.seen.Store(time.Now().UnixNano()) // the probe deadline runs from here
 				s.ready.Store(true)
-				log.Info("redis subscription established", "patterns", s.pats)
+				if span != nil {
+					span.End()
+					span = nil
+				}
+				failures.Reset()
+				log.Info("redis subscription established", "patterns", s.pats, "addr", s.opts.Addr)
 			}
 		case *redis.Pong:
 		}
 	}
 }
+
+// TracerName is the instrumentation scope of the subscriber's spans.
+const TracerName = "topohub/busredis"
+
+// redactErr is err with the password, should its text hold it, masked.
+func (s *Subscriber) redactErr(err error) error {
+	if s.opts.Password == "" || !strings.Contains(err.Error(), s.opts.Password) {
+		return err
+	}
+	return errors.New(RedactPassword(err.Error(), s.opts.Password))
+}
+
+// every lets an action run at once and then at most once per interval,
+// until Reset.
+type every struct {
+	interval time.Duration
+	last     time.Time
+}
+
+func newEvery(d time.Duration) *every { return &every{interval: d} }
+
+func (e *every) Do(f func()) {
+	if now := time.Now(); e.last.IsZero() || now.Sub(e.last) >= e.interval {
+		e.last = now
+		f()
+	}
+}
+
+func (e *every) Reset() { e.last = time.Time{} }
 
 // Established counts how many times the subscription was established.
 func (s *Subscriber) Established() uint64 { return s.gaps.Load() }

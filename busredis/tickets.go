@@ -14,14 +14,14 @@ import (
 	"topohub/hub"
 )
 
-// DefaultTicketTTL is how long a ticket lives (PROTOCOL §5).
+// DefaultTicketTTL is how long a ticket lives (docs/protocol.md §5).
 const DefaultTicketTTL = 60 * time.Second
 
 // ticketBytes is a ticket's entropy: 256 bits.
 const ticketBytes = 32
 
 // Tickets is the ticket store every hub instance sharing a Redis agrees on
-// (PROTOCOL §5): a ticket is the key <prefix>ticket:<ticket>, holding the
+// (docs/protocol.md §5): a ticket is the key <prefix>ticket:<ticket>, holding the
 // principal it was minted for, with the ticket's lifetime as TTL.
 // Redeeming is one GETDEL (Redis 6.2 or later), so exactly one caller,
 // on whichever instance, gets the principal.

@@ -23,7 +23,7 @@ const MinSecretLen = 32
 // DefaultMaxSession is AuthConfig.MaxSession's default.
 const DefaultMaxSession = 24 * time.Hour
 
-// AuthConfig configures token verification (PROTOCOL §5).
+// AuthConfig configures token verification (docs/protocol.md §5).
 type AuthConfig struct {
 	// Secret is the HS256 key; at least MinSecretLen bytes. Required.
 	Secret []byte
@@ -60,9 +60,12 @@ type Principal = hub.Principal
 type AuthError struct {
 	Status  int
 	Message string
+	err     error // what it wraps, if anything (ErrTicketInvalid)
 }
 
 func (e *AuthError) Error() string { return e.Message }
+
+func (e *AuthError) Unwrap() error { return e.err }
 
 func unauthorized(format string, args ...any) *AuthError {
 	return &AuthError{Status: http.StatusUnauthorized, Message: fmt.Sprintf(format, args...)}
@@ -75,6 +78,7 @@ type Authenticator struct {
 	tickets     TicketStore
 	revocations hub.RevocationList // nil: no revocation checks
 	resumeKey   []byte             // MAC key of SSE resume cookies
+	metrics     *serverMetrics     // nil: not counted
 }
 
 // TicketStore is hub.TicketStore; busredis.Tickets implements it.
@@ -287,6 +291,23 @@ func (a *Authenticator) CheckRevoked(ctx context.Context, p Principal) error {
 // RedeemTicket consumes a ticket and re-checks the session it carries:
 // its exp, its role and the revocation of the token it was minted from.
 func (a *Authenticator) RedeemTicket(ctx context.Context, ticket string) (Principal, error) {
+	p, err := a.redeemTicket(ctx, ticket)
+	if m := a.metrics; m != nil {
+		switch {
+		case err == nil:
+			m.ticketsRedeem.Inc()
+		case errors.Is(err, ErrTicketInvalid):
+			m.ticketsRefuse.WithLabelValues("invalid").Inc()
+		case isAuthError(err):
+			m.ticketsRefuse.WithLabelValues("credentials").Inc()
+		default:
+			m.ticketsRefuse.WithLabelValues("unavailable").Inc()
+		}
+	}
+	return p, err
+}
+
+func (a *Authenticator) redeemTicket(ctx context.Context, ticket string) (Principal, error) {
 	if a.tickets == nil {
 		return Principal{}, unauthorized("tickets are not enabled")
 	}
@@ -314,7 +335,7 @@ func (a *Authenticator) RedeemTicket(ctx context.Context, ticket string) (Princi
 // errTicketSpent is the refusal of a ticket that is unknown, expired or
 // used (one value, so the SSE route can tell it from other refusals and
 // try the resume cookie).
-var errTicketSpent = &AuthError{Status: http.StatusUnauthorized, Message: ErrTicketInvalid.Error()}
+var errTicketSpent = &AuthError{Status: http.StatusUnauthorized, Message: ErrTicketInvalid.Error(), err: ErrTicketInvalid}
 
 // isAuthError tells a refused credential from a store that failed.
 func isAuthError(err error) bool {

@@ -239,7 +239,7 @@ func TestBrowserLegacyEventSource(t *testing.T) {
 	// with it): the console, which without a token opens nothing.
 	p.navigate(th.http.URL + "/")
 	p.waitJS("the idle console", `document.readyState === "complete" && document.querySelector("#notice").textContent.includes("Paste a token")`)
-	// The legacy client, as LEGACY.md describes it: a ticket, then a plain
+	// The legacy client, as docs/protocol.md §3 describes it: a ticket, then a plain
 	// EventSource with its listener set.
 	script := `
 window.legacy = [];

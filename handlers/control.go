@@ -11,7 +11,7 @@ import (
 	"topohub/hub"
 )
 
-// Ops a client sends on the WebSocket (PROTOCOL §8).
+// Ops a client sends on the WebSocket (docs/protocol.md §8).
 const (
 	opSubscribe   = "subscribe"
 	opUnsubscribe = "unsubscribe"
@@ -46,7 +46,7 @@ const (
 	codeUnavailable errorCode = "unavailable"
 )
 
-// maxControlMessage is the largest client message (PROTOCOL §8); a larger
+// maxControlMessage is the largest client message (docs/protocol.md §8); a larger
 // one closes the connection with CloseTooBig.
 const maxControlMessage = 4096
 
@@ -168,7 +168,7 @@ func requestID(raw json.RawMessage) ([]byte, bool) {
 	return nil, false
 }
 
-// Server messages. Each appends one frame of PROTOCOL §8 to b.
+// Server messages. Each appends one frame of docs/protocol.md §8 to b.
 
 // appendReply appends {"op":op,"id":id,"topology":topology}; id and
 // topology are left out when empty.

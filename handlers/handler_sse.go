@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/http"
 	"strconv"
@@ -11,6 +12,8 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"topohub/hub"
 )
@@ -32,8 +35,9 @@ const retryCap = 5 * time.Second
 // refusal it has answered and returns ok=false.
 //
 // authenticate reads the credentials; nil means Authenticator.Authenticate.
-func (s *Server) admit(c *gin.Context, authenticate func(context.Context) (Principal, error), subscribe func(context.Context, Principal) bool) (p Principal, release func(), ok bool) {
+func (s *Server) admit(c *gin.Context, transport string, authenticate func(context.Context) (Principal, error), subscribe func(context.Context, Principal) bool) (p Principal, release func(), ok bool) {
 	if s.draining.Load() {
+		s.refuse(c, transport, refusedDraining, "hub shutting down")
 		abortUnavailable(c, "hub shutting down")
 		return p, nil, false
 	}
@@ -42,32 +46,80 @@ func (s *Server) admit(c *gin.Context, authenticate func(context.Context) (Princ
 	if authenticate == nil {
 		authenticate = func(ctx context.Context) (Principal, error) { return s.auth.Authenticate(ctx, c) }
 	}
-	p, err := authenticate(ctx)
+	actx, span := s.tracer.Start(ctx, "auth")
+	p, err := authenticate(actx)
+	endSpan(span, err)
 	if err != nil {
-		if !isAuthError(err) {
-			s.log.Error("credential check failed", "err", err)
-		}
+		s.refuseAuth(c, transport, err)
 		abortAuth(c, err)
 		return p, nil, false
 	}
-	if subscribe != nil && !subscribe(ctx, p) {
-		return p, nil, false
+	if subscribe != nil {
+		sctx, span := s.tracer.Start(ctx, "snapshot.read")
+		ok := subscribe(sctx, p)
+		if !ok {
+			span.SetStatus(codes.Error, "refused")
+		}
+		span.End()
+		if !ok {
+			return p, nil, false
+		}
 	}
-	slot, err := s.cfg.Limiter.Acquire(ctx, p.User)
+	cctx, span := s.tracer.Start(ctx, "admission")
+	slot, err := s.cfg.Limiter.Acquire(cctx, p.User)
+	endSpan(span, err)
 	if err != nil {
 		if errors.Is(err, hub.ErrTooManyConnections) {
+			s.refuse(c, transport, refusedCap, "too many open streams for this user", "user", p.User)
 			abortTooMany(c, retryCap, "too many open streams for this user")
 		} else {
-			s.log.Error("connection limiter failed", "err", err)
+			s.refuse(c, transport, refusedUnavailable, "connection limiter unavailable", "err", err)
 			abortUnavailable(c, "connection limiter unavailable")
 		}
 		return p, nil, false
 	}
 	s.streams.add()
-	return p, func() { slot(); s.streams.done() }, true
+	conns := s.metrics.conns[transport]
+	conns.Inc()
+	return p, func() { slot(); conns.Dec(); s.streams.done() }, true
 }
 
-// handleSSE serves GET <base>/topologies/:id/events (PROTOCOL §7).
+// refuse counts and logs a handshake refused for reason: never the
+// credential, only what the caller is told (detail) and the attributes
+// given.
+func (s *Server) refuse(c *gin.Context, transport, reason, detail string, attrs ...any) {
+	s.metrics.refused.WithLabelValues(transport, reason).Inc()
+	level := slog.LevelInfo
+	if reason == refusedUnavailable {
+		level = slog.LevelError
+	}
+	args := append([]any{"transport", transport, "reason", reason, "detail", detail, "remote", c.ClientIP()}, attrs...)
+	s.log.Log(c.Request.Context(), level, "handshake refused", args...)
+}
+
+// refuseAuth is refuse for a credential that Authenticate refused.
+func (s *Server) refuseAuth(c *gin.Context, transport string, err error) {
+	var ae *AuthError
+	switch {
+	case errors.As(err, &ae) && ae.Status == http.StatusForbidden:
+		s.refuse(c, transport, refusedForbidden, ae.Message)
+	case errors.As(err, &ae):
+		s.refuse(c, transport, refusedUnauthorized, ae.Message)
+	default:
+		s.refuse(c, transport, refusedUnavailable, "credential store unavailable", "err", err)
+	}
+}
+
+// endSpan ends span, marked failed when err is not nil. Errors are the
+// hub's own, never a credential.
+func endSpan(span trace.Span, err error) {
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+}
+
+// handleSSE serves GET <base>/topologies/:id/events (docs/protocol.md §7).
 //
 // Like a WebSocket, an open stream costs one goroutine, which waits for
 // the client to hang up: once admitted, the connection is hijacked and
@@ -76,8 +128,14 @@ func (s *Server) admit(c *gin.Context, authenticate func(context.Context) (Princ
 // and the session's end are timers. The response is HTTP/1.1 chunked
 // (HTTP/1.0: ended by closing), as net/http would send it.
 func (s *Server) handleSSE(c *gin.Context) {
+	start := time.Now()
+	// The legacy API traced this route under this name.
+	ctx, span := s.tracer.Start(c.Request.Context(), "api.topology.events", trace.WithSpanKind(trace.SpanKindServer))
+	defer span.End()
+	c.Request = c.Request.WithContext(ctx)
 	id := c.Param("id")
 	if err := hub.ValidateTopologyID(id); err != nil {
+		s.refuse(c, transportSSE, refusedInvalid, "invalid topology id")
 		// Before authentication: says nothing about which ids exist. The
 		// id is echoed unless it may be a credential (a JWT put here by
 		// mistake).
@@ -86,7 +144,7 @@ func (s *Server) handleSSE(c *gin.Context) {
 	}
 	var client *hub.Client
 	authenticate := func(ctx context.Context) (Principal, error) { return s.auth.authenticateSSE(ctx, c, id) }
-	p, release, ok := s.admit(c, authenticate, func(ctx context.Context, p Principal) bool {
+	p, release, ok := s.admit(c, transportSSE, authenticate, func(ctx context.Context, p Principal) bool {
 		since := c.GetHeader("Last-Event-ID")
 		if since == "" {
 			since = c.Query("lastEventId")
@@ -97,9 +155,10 @@ func (s *Server) handleSSE(c *gin.Context) {
 		case err == nil:
 			return true
 		case errors.Is(err, hub.ErrNotFound):
+			s.refuse(c, transportSSE, refusedNotFound, "topology not found")
 			abortJSON(c, http.StatusNotFound, "topology not found")
 		default:
-			s.log.Error("snapshot read failed", "topology", redactSegment(id), "err", err)
+			s.refuse(c, transportSSE, refusedUnavailable, "snapshot source unavailable", "topology", redactSegment(id), "err", err)
 			abortUnavailable(c, "snapshot source unavailable")
 		}
 		client.Close()
@@ -111,6 +170,7 @@ func (s *Server) handleSSE(c *gin.Context) {
 		}
 		return
 	}
+	s.metrics.handshakeDone(transportSSE, start)
 	client.SetTokenID(p.JTI)
 	s.setResumeCookie(c, p, id)
 	sc := &sseConn{s: s, client: client, chunked: c.Request.ProtoAtLeast(1, 1), header: c.Writer.Header()}
@@ -249,7 +309,7 @@ func (sc *sseConn) writeLoop() {
 				if gone {
 					sc.end()
 				} else {
-					discardUnsent(sc.conn, err)
+					discardUnsent(sc.conn, err, sc.s.metrics.slowDrops[transportSSE])
 				}
 				_ = sc.conn.Close() // the reader sees it and cleans up
 				return
@@ -303,7 +363,7 @@ func (sc *sseConn) keep() {
 		err := sc.write(sc.chunk(b))
 		sc.writing.Store(false)
 		if err != nil {
-			discardUnsent(sc.conn, err)
+			discardUnsent(sc.conn, err, sc.s.metrics.slowDrops[transportSSE])
 			_ = sc.conn.Close()
 			return
 		}

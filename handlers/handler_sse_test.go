@@ -219,7 +219,7 @@ func TestSSEConnectionCap(t *testing.T) {
 }
 
 // publishingSource publishes a real event between the subscription and
-// the snapshot read, to prove the ordering guarantee of PROTOCOL §4.
+// the snapshot read, to prove the ordering guarantee of docs/protocol.md §4.
 type publishingSource struct {
 	hub.SnapshotSource
 	before atomic.Pointer[func()]

@@ -2,11 +2,13 @@ package handlers
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"sync"
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 )
 
@@ -19,7 +21,7 @@ type ticketResponse struct {
 	ExpiresIn int    `json:"expires_in"` // seconds
 }
 
-// handleTicket serves POST <base>/auth/sse-ticket (PROTOCOL §5): a JWT in
+// handleTicket serves POST <base>/auth/sse-ticket (docs/protocol.md §5): a JWT in
 // an Authorization Bearer header, and nothing else (a ticket must not buy
 // another, nor a token in a URL), buys a single-use ticket to put in the
 // URL of an EventSource or WebSocket, which cannot send headers.
@@ -28,39 +30,63 @@ func (s *Server) handleTicket(c *gin.Context) {
 		abortJSON(c, http.StatusNotImplemented, "tickets are not enabled")
 		return
 	}
+	ctx, span := s.tracer.Start(c.Request.Context(), "api.auth.sse_ticket", trace.WithSpanKind(trace.SpanKindServer))
+	defer span.End()
+	c.Request = c.Request.WithContext(ctx)
 	h := c.GetHeader("Authorization")
 	if h == "" {
-		abortAuth(c, unauthorized("a ticket is minted with Authorization: Bearer <token> only"))
+		err := unauthorized("a ticket is minted with Authorization: Bearer <token> only")
+		s.refuseMint(c, "credentials", err.Message)
+		abortAuth(c, err)
 		return
 	}
 	tok, err := bearerToken(h)
 	if err != nil {
+		s.refuseMint(c, "credentials", err.Error())
 		abortAuth(c, err)
 		return
 	}
 	// The revocation check and the mint share one deadline.
-	ctx, cancel := context.WithTimeout(c.Request.Context(), s.cfg.RequestTimeout)
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	p, err := s.auth.verifyUnrevoked(ctx, tok)
 	if err != nil {
-		if !isAuthError(err) {
-			s.log.Error("credential check failed", "err", err)
+		if isAuthError(err) {
+			s.refuseMint(c, "credentials", err.Error())
+		} else {
+			s.refuseMint(c, "unavailable", "credential store unavailable", "err", err)
 		}
+		endSpan(span, err)
 		abortAuth(c, err)
 		return
 	}
 	if !s.minting.allow(p.User, time.Now()) {
+		s.refuseMint(c, "rate_limited", "too many tickets minted", "user", p.User)
 		abortTooMany(c, time.Duration(float64(time.Second)/float64(s.cfg.TicketRate)), "too many tickets minted; slow down")
 		return
 	}
 	ticket, ttl, err := s.cfg.Tickets.Mint(ctx, p)
 	if err != nil {
-		s.log.Error("ticket mint failed", "err", err)
+		s.refuseMint(c, "unavailable", "ticket store unavailable", "err", err)
+		endSpan(span, err)
 		abortUnavailable(c, "ticket store unavailable")
 		return
 	}
+	s.metrics.ticketsMinted.Inc()
 	c.Header("Cache-Control", "no-store")
 	c.JSON(http.StatusOK, ticketResponse{Ticket: ticket, ExpiresIn: int(ttl / time.Second)})
+}
+
+// refuseMint counts and logs a ticket mint refused for reason, never
+// with the credential.
+func (s *Server) refuseMint(c *gin.Context, reason, detail string, attrs ...any) {
+	s.metrics.ticketsRefuse.WithLabelValues(reason).Inc()
+	level := slog.LevelInfo
+	if reason == "unavailable" {
+		level = slog.LevelError
+	}
+	args := append([]any{"reason", reason, "detail", detail, "remote", c.ClientIP()}, attrs...)
+	s.log.Log(c.Request.Context(), level, "ticket refused", args...)
 }
 
 // userRates holds one token bucket per user, and at most max of them, so

@@ -18,16 +18,17 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/gin-gonic/gin"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
 	"topohub/hub"
 )
 
-// Subprotocol is the WebSocket subprotocol of PROTOCOL §8. A client that
+// Subprotocol is the WebSocket subprotocol of docs/protocol.md §8. A client that
 // offers none is served as topohub.v1 too.
 const Subprotocol = "topohub.v1"
 
-// Close codes of the WebSocket route (PROTOCOL §8), each with what the
+// Close codes of the WebSocket route (docs/protocol.md §8), each with what the
 // client should do next.
 const (
 	// CloseNormal (1000): the connection ended in an orderly way.
@@ -151,7 +152,7 @@ func matchOrigin(patterns []originPattern, u *url.URL) bool {
 	return false
 }
 
-// handleWebSocket serves GET <base>/ws (PROTOCOL §8): one connection, many
+// handleWebSocket serves GET <base>/ws (docs/protocol.md §8): one connection, many
 // topologies.
 //
 // An idle connection costs one goroutine, its reader: the handler returns
@@ -161,16 +162,22 @@ func matchOrigin(patterns []originPattern, u *url.URL) bool {
 // timers. Everything the client receives goes through the client's queue
 // and that one writer at a time, so replies and events keep their order.
 func (s *Server) handleWebSocket(c *gin.Context) {
+	start := time.Now()
+	ctx, span := s.tracer.Start(c.Request.Context(), "api.ws.handshake", trace.WithSpanKind(trace.SpanKindServer))
+	defer span.End()
+	c.Request = c.Request.WithContext(ctx)
 	// The origin is checked before admit, so a refused page does not spend
 	// a single-use ticket.
 	if !s.originAllowed(c.Request) {
+		s.refuse(c, transportWS, refusedOrigin, "origin not allowed", "origin", c.GetHeader("Origin"))
 		abortJSON(c, http.StatusForbidden, "origin not allowed")
 		return
 	}
-	p, release, ok := s.admit(c, nil, nil)
+	p, release, ok := s.admit(c, transportWS, nil, nil)
 	if !ok {
 		return
 	}
+	s.metrics.handshakeDone(transportWS, start)
 
 	hj := &hijackCapture{ResponseWriter: c.Writer}
 	ws := &wsConn{s: s, user: p.User}
@@ -360,7 +367,7 @@ func (ws *wsConn) writeLoop() {
 		}
 		if len(b.items) > 0 {
 			if b.msg, err = ws.writeItems(b.msg, b.items); err != nil {
-				discardUnsent(ws.lingerConn, err)
+				discardUnsent(ws.lingerConn, err, ws.s.metrics.slowDrops[transportWS])
 				_ = ws.conn.CloseNow() // the reader sees it and cleans up
 				return
 			}
@@ -407,6 +414,16 @@ func (ws *wsConn) writeItems(buf []byte, items []hub.Item) ([]byte, error) {
 				return buf, err
 			}
 			buf = buf[:maxHeader]
+		}
+		if len(frame) > hub.MaxWSMessage && it.Event != nil {
+			// Bus events that large are dropped by the decoder; this is a
+			// snapshot (thousands of in-flight mutations). Clients at
+			// their default read limit would close with 1009.
+			ws.s.metrics.oversized.Inc()
+			ws.s.logOversized.Do(func() {
+				ws.s.log.Warn("websocket frame over 1 MiB not sent", "topology", it.Event.Topology, "event", it.Event.Name, "bytes", len(frame))
+			})
+			continue
 		}
 		if len(frame) >= limit {
 			// Alone anyway: write the shared bytes without copying them.
@@ -484,7 +501,11 @@ func (ws *wsConn) clearDeadline() { _ = ws.netConn.SetWriteDeadline(time.Time{})
 // closeWith starts the close handshake with code; after it no message
 // may follow.
 func (ws *wsConn) closeWith(code websocket.StatusCode, reason string) {
-	ws.closing.Store(true)
+	if !ws.closing.Swap(true) {
+		if c := ws.s.metrics.closes[code]; c != nil {
+			c.Inc()
+		}
+	}
 	ws.clearDeadline() // the library bounds its close handshake itself
 	_ = ws.conn.Close(code, reason)
 }
@@ -501,6 +522,7 @@ func (ws *wsConn) onPing(context.Context, []byte) bool {
 		return false
 	}
 	if !ws.limiter.Allow() {
+		ws.s.metrics.rateLimited.Inc()
 		ws.reply(appendError(nil, nil, "", codeRateLimited, "too many control messages; slow down"))
 		ws.countViolation()
 		return false
@@ -538,7 +560,7 @@ func (ws *wsConn) keepalive() {
 	if sent := ws.pingSent.Swap(0); sent != 0 {
 		if ws.pongAt.Load() < sent {
 			ws.s.log.Debug("websocket ping unanswered")
-			discardUnsent(ws.lingerConn, os.ErrDeadlineExceeded)
+			discardUnsent(ws.lingerConn, os.ErrDeadlineExceeded, ws.s.metrics.slowDrops[transportWS])
 			_ = ws.conn.CloseNow()
 			return
 		}
@@ -551,7 +573,7 @@ func (ws *wsConn) keepalive() {
 		err := ws.gate.write(ws.netConn, pingFrame)
 		ws.clearDeadline()
 		if err != nil {
-			discardUnsent(ws.lingerConn, err)
+			discardUnsent(ws.lingerConn, err, ws.s.metrics.slowDrops[transportWS])
 			_ = ws.conn.CloseNow()
 			return
 		}
@@ -604,6 +626,7 @@ func (ws *wsConn) readLoop() {
 		}
 		if !ws.limiter.Allow() {
 			f, _ := decodeControl(msg)
+			ws.s.metrics.rateLimited.Inc()
 			ws.reply(appendError(nil, f.ID, "", codeRateLimited, "too many control messages; slow down"))
 			ws.countViolation()
 			continue
@@ -693,6 +716,7 @@ func (ws *wsConn) refresh(f controlFrame) {
 		var ae *AuthError
 		switch {
 		case errors.As(err, &ae):
+			ws.s.log.Info("refresh refused", "reason", "credentials", "detail", ae.Message)
 			ws.reply(appendError(nil, f.ID, "", codeForbidden, ae.Message))
 		case !ws.closed.Load():
 			ws.s.log.Error("credential check failed", "err", err)
@@ -701,6 +725,7 @@ func (ws *wsConn) refresh(f controlFrame) {
 		return
 	}
 	if p.User != ws.user {
+		ws.s.log.Info("refresh refused", "reason", "another_user", "user", ws.user)
 		ws.reply(appendError(nil, f.ID, "", codeForbidden, "credentials belong to another user"))
 		return
 	}

@@ -1,6 +1,8 @@
 package handlers
 
 import (
+	"github.com/prometheus/client_golang/prometheus"
+
 	"bufio"
 	"errors"
 	"io"
@@ -171,9 +173,14 @@ func (s *Server) limitSendBuffer(conn net.Conn) {
 // abortive (SO_LINGER 0: a reset), so the kernel frees the bytes the
 // client never read at once rather than keeping the socket orphaned,
 // still holding its send buffer, while it probes a zero window.
-func discardUnsent(conn net.Conn, err error) {
+// It counts the drop of a slow client (topohub_slow_client_drops_total)
+// in slow, which may be nil.
+func discardUnsent(conn net.Conn, err error, slow prometheus.Counter) {
 	if !errors.Is(err, os.ErrDeadlineExceeded) {
 		return
+	}
+	if slow != nil {
+		slow.Inc()
 	}
 	if lc, ok := conn.(*lingerConn); ok {
 		lc.abort.Store(true)

@@ -35,9 +35,9 @@ func newHubCollector(h *hub.Hub, ready func() bool, busLag func() (time.Duration
 		overflows:  d("subscriber_overflows_total", "Subscribers found too far behind their topology's log (events or age) and resynced."),
 		snapshots:  d("snapshots_sent_total", "Snapshots handed to client transports (first and resync)."),
 		received:   d("bus_messages_received_total", "Bus messages handed to the hub."),
-		published:  d("events_published_total", "Bus events routed to a topology."),
+		published:  d("events_routed_total", "Bus events routed to a topology; those of topologies nobody watches are not kept (topohub_events_unwatched_total)."),
 		delivered:  d("event_deliveries_total", "Events handed to client transports."),
-		resyncs:    d("resyncs_total", "Resync snapshots queued (queue overflow, bus gap or stale cursor)."),
+		resyncs:    d("resyncs_total", "Resync snapshots queued, by reason: slow (the subscriber fell behind its queue, its lag or the history), bus_gap (the Redis subscription was re-established), cursor (a resume cursor that could not be honoured).", "reason"),
 		busGaps:    d("bus_subscription_established_total", "Times the bus subscription was (re)established."),
 		dropped:    d("bus_messages_dropped_total", "Bus messages that reached no client, by reason.", "reason"),
 		clients:    d("clients", "Open client connections."),
@@ -68,7 +68,9 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.received, s.Received.Load())
 	counter(c.published, s.Published.Load())
 	counter(c.delivered, s.Delivered.Load())
-	counter(c.resyncs, s.Resyncs.Load())
+	for _, r := range hub.ResyncReasons() {
+		counter(c.resyncs, s.ResyncsBy[r].Load(), r.String())
+	}
 	counter(c.busGaps, s.BusGaps.Load())
 	counter(c.snapReads, s.SnapshotReads.Load())
 	counter(c.snapShared, s.SnapshotsShared.Load())
@@ -96,9 +98,17 @@ func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.busUp, prometheus.GaugeValue, up)
 }
 
-// newMetricsRegistry holds the hub's metrics and the Go runtime's.
-func newMetricsRegistry(h *hub.Hub, ready func() bool, busLag func() (time.Duration, bool)) *prometheus.Registry {
+// BuildInfo names the running build, for topohub_build_info.
+type BuildInfo struct {
+	Version   string // module version, or "(devel)"
+	Revision  string // VCS commit, "-dirty" when the tree was modified
+	GoVersion string
+}
+
+// newMetricsRegistry holds the hub's metrics, the routes' and the Go
+// runtime's.
+func newMetricsRegistry(h *hub.Hub, ready func() bool, busLag func() (time.Duration, bool), build BuildInfo) (*prometheus.Registry, *serverMetrics) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(newHubCollector(h, ready, busLag), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	return reg
+	return reg, newServerMetrics(reg, build)
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
 	"topohub/hub"
@@ -108,9 +110,19 @@ type Config struct {
 	// before the first, for the topohub_bus_lag_seconds metric. Zero value
 	// means the metric is not exported.
 	BusLag func() (time.Duration, bool)
+	// Build names the running build in topohub_build_info. Zero value
+	// means empty labels.
+	Build BuildInfo
+	// TracerProvider makes the spans of handshakes (auth, snapshot read,
+	// admission) and ticket mints. Zero value means otel's global
+	// provider, which records nothing unless cmd/topohub installed one.
+	TracerProvider trace.TracerProvider
 	// Logger. Zero value means slog.Default().
 	Logger *slog.Logger
 }
+
+// TracerName is the instrumentation scope of the routes' spans.
+const TracerName = "topohub/handlers"
 
 // Server holds the hub's HTTP routes.
 type Server struct {
@@ -127,8 +139,11 @@ type Server struct {
 	proxies     trustedProxies
 	draining    atomic.Bool
 	streams     streamSet // open SSE and WebSocket handlers
+	metrics     *serverMetrics
+	tracer      trace.Tracer
 
-	logRetries rate.Sometimes // snapshot retries, logged rate-limited
+	logRetries   rate.Sometimes // snapshot retries, logged rate-limited
+	logOversized rate.Sometimes // frames over 1 MiB not sent
 }
 
 // New builds the routes over h.
@@ -193,9 +208,16 @@ func New(h *hub.Hub, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	auth.revocations = cfg.Revocations
-	s := &Server{cfg: cfg, hub: h, auth: auth, log: cfg.Logger, origins: origins,
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = otel.GetTracerProvider()
+	}
+	reg, metrics := newMetricsRegistry(h, cfg.Ready, cfg.BusLag, cfg.Build)
+	auth.metrics = metrics
+	s := &Server{cfg: cfg, hub: h, auth: auth, log: cfg.Logger, origins: origins, metrics: metrics,
 		corsOrigins: corsOrigins, proxies: proxies,
-		logRetries: rate.Sometimes{First: 5, Interval: 10 * time.Second}}
+		tracer:       cfg.TracerProvider.Tracer(TracerName),
+		logRetries:   rate.Sometimes{First: 5, Interval: 10 * time.Second},
+		logOversized: rate.Sometimes{First: 5, Interval: 10 * time.Second}}
 	s.minting = newUserRates(cfg.TicketRate, cfg.TicketBurst, maxMintingUsers)
 
 	gin.SetMode(gin.ReleaseMode)
@@ -207,7 +229,6 @@ func New(h *hub.Hub, cfg Config) (*Server, error) {
 	e.Use(gin.Recovery(), s.accessLog)
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)
-	reg := newMetricsRegistry(h, cfg.Ready, cfg.BusLag)
 	e.GET("/metrics", gin.WrapH(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})))
 	api := e.Group(cfg.BasePath)
 	refuse := s.cors(true)
@@ -306,17 +327,31 @@ func (ss *streamSet) count() int {
 // accessLog logs one line per request: never the query string, which may
 // carry a ticket or token, and the path with what may be a credential put
 // there by mistake redacted (redactPath).
+//
+// Probes and scrapes (/healthz, /readyz, /metrics), which come every few
+// seconds, are logged at debug; everything else at info.
 func (s *Server) accessLog(c *gin.Context) {
 	start := time.Now()
 	c.Next()
-	s.log.Info("http request",
+	level := slog.LevelInfo
+	switch c.Request.URL.Path {
+	case "/healthz", "/readyz", "/metrics":
+		level = slog.LevelDebug
+	}
+	if !s.log.Enabled(c.Request.Context(), level) {
+		return
+	}
+	s.log.Log(c.Request.Context(), level, "http request",
 		"method", c.Request.Method,
 		"path", redactPath(c.Request.URL.Path),
 		"status", c.Writer.Status(),
-		"duration", time.Since(start),
+		"duration_ms", millis(time.Since(start)),
 		"remote", s.clientIP(c),
 	)
 }
+
+// millis is d in milliseconds, as logs write durations.
+func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // clientIP is the client's address: gin's reading (X-Forwarded-For or
 // X-Real-IP from a trusted proxy, else the peer), or the for= of a

@@ -298,7 +298,7 @@ func (c *Client) Subscribe(ctx context.Context, id, since string, ack []byte) er
 	if !replay {
 		h.stats.Snapshots.Add(1)
 		if mk.resync {
-			h.stats.Resyncs.Add(1)
+			h.stats.countResync(ResyncCursor)
 		}
 		if s.marker != nil {
 			// A bus gap while the snapshot was read: it is stale, and the
@@ -439,7 +439,7 @@ func (c *Client) wake(s *subscription) {
 // reflecting seq (a snapshot not yet popped keeps its kind: a first
 // snapshot that will now reflect more is still a first snapshot). Lock
 // should be held for s's topology.
-func (s *subscription) resyncLocked(seq uint64, stats *Stats) {
+func (s *subscription) resyncLocked(seq uint64, stats *Stats, reason ResyncReason) {
 	t := s.topo
 	s.next = t.end
 	switch {
@@ -450,7 +450,7 @@ func (s *subscription) resyncLocked(seq uint64, stats *Stats) {
 		s.marker = &marker{seq: seq}
 	default:
 		s.marker = &marker{seq: seq, resync: true}
-		stats.Resyncs.Add(1)
+		stats.countResync(reason)
 	}
 }
 
@@ -524,7 +524,7 @@ func (c *Client) read(ctx context.Context, s *subscription, out []Item) ([]Item,
 			return out, nil
 		}
 		if s.marker == nil && s.next < t.end && t.behind(s.next, h.cfg.QueueSize, h.lagCutoff()) {
-			s.resyncLocked(t.last, &h.stats)
+			s.resyncLocked(t.last, &h.stats, ResyncSlow)
 			h.stats.Overflows.Add(1)
 		}
 		if s.first != nil {

@@ -96,7 +96,7 @@ func (e *Event) SSEFrame() []byte {
 	return e.sse
 }
 
-// WSFrame is the event as one WebSocket frame of PROTOCOL §8, without a
+// WSFrame is the event as one WebSocket frame of docs/protocol.md §8, without a
 // trailing newline. Built once, shared by every WebSocket subscriber.
 func (e *Event) WSFrame() []byte {
 	e.wsOnce.Do(func() {
@@ -115,7 +115,7 @@ func (e *Event) WSFrame() []byte {
 	return e.ws
 }
 
-// A Decoder turns bus messages into events per PROTOCOL §1 and §3.
+// A Decoder turns bus messages into events per docs/protocol.md §1 and §3.
 type Decoder struct {
 	families []Family
 	maxBody  int
@@ -268,12 +268,38 @@ func (d *Decoder) decode(channel string, body []byte, clock func() time.Time) (*
 	}
 	buf.WriteByte('}')
 
+	name := EventName(channel)
+	if n := wsFrameLen(topology, name, buf.Len()); n > MaxWSMessage {
+		// Common clients read at most 1 MiB per message (Python websockets'
+		// max_size, and others'), and close with 1009 on more: the event
+		// goes to no transport rather than knocking every WebSocket
+		// subscriber of the topology off on each replay.
+		return nil, drop(DropTooLarge, channel, "websocket frame would be %d bytes, limit %d", n, MaxWSMessage)
+	}
 	return &Event{
 		Topology: topology,
-		Name:     EventName(channel),
+		Name:     name,
 		Data:     buf.Bytes(),
 		received: now,
 	}, nil
+}
+
+// MaxWSMessage is the largest WebSocket message the hub sends: the
+// default read limit of common client libraries (1 MiB).
+const MaxWSMessage = 1 << 20
+
+// maxCursorLen bounds a cursor: a millisecond epoch and a sequence, each
+// at most 20 digits.
+const maxCursorLen = 41
+
+// wsFrameLen bounds the length of WSFrame for an event of that topology,
+// name and data length.
+func wsFrameLen(topology, name string, dataLen int) int {
+	var scratch [2 * (MaxTopologyIDLen + 8)]byte
+	n := len(`{"op":"event","topology":,"event":,"id":"","data":}`) + maxCursorLen + dataLen
+	n += len(AppendJSONString(scratch[:0], topology))
+	n += len(AppendJSONString(scratch[:0], name))
+	return n
 }
 
 func isNull(raw json.RawMessage) bool { return string(raw) == "null" }

@@ -205,3 +205,27 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeWSFrameLimit: a body the bus accepts (at most 1 MiB) whose
+// WebSocket frame would pass 1 MiB is dropped as too_large; one just
+// under the limit is kept, and its frame fits.
+func TestDecodeWSFrameLimit(t *testing.T) {
+	d := NewDecoder(DefaultFamilies(), 0)
+	body := func(n int) []byte { return []byte(`{"x":"` + strings.Repeat("a", n) + `"}`) }
+	// The largest body whose frame fits, with the longest cursor.
+	fixed := wsFrameLen("T", "status", 0) + len(`{"topic":"topology.T.status","type":"","ts":1764300000.123456,"payload":}`)
+	fits := MaxWSMessage - fixed - len(`{"x":""}`)
+	ev, err := d.Decode("topology.T.status", body(fits-8), time.Unix(1764300000, 123456000))
+	if err != nil {
+		t.Fatalf("a body whose frame fits was dropped: %v", err)
+	}
+	ev.Cursor = "1764300000000-18446744073709551615"
+	if n := len(ev.WSFrame()); n > MaxWSMessage {
+		t.Fatalf("frame %d bytes, over %d", n, MaxWSMessage)
+	}
+	_, err = d.Decode("topology.T.status", body(MaxWSMessage-20), time.Now())
+	var de *DropError
+	if !errors.As(err, &de) || de.Reason != DropTooLarge || len(body(MaxWSMessage-20)) > DefaultMaxBodySize {
+		t.Fatalf("err %v, want too_large for a body under the bus limit whose frame is over 1 MiB", err)
+	}
+}

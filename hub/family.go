@@ -28,7 +28,7 @@ type Family struct {
 	Field string
 }
 
-// DefaultFamilies returns the two families of PROTOCOL §1:
+// DefaultFamilies returns the two families of docs/protocol.md §1:
 // "topology=segment,decky=payload:topology_id".
 func DefaultFamilies() []Family {
 	return []Family{

@@ -400,7 +400,7 @@ func (h *Hub) BusGap() {
 				gap := h.seq.Add(1)
 				t.cut(gap)
 				for _, s := range t.subs {
-					s.resyncLocked(gap, &h.stats)
+					s.resyncLocked(gap, &h.stats, ResyncBusGap)
 					s.client.wake(s)
 				}
 			}
@@ -469,10 +469,12 @@ func (h *Hub) ForEachClient(fn func(*Client)) {
 // Stats are the hub's counters, read by the metrics handler.
 type Stats struct {
 	Received  atomic.Uint64 // bus messages handed to the hub
-	Published atomic.Uint64 // events routed to a topology
+	Published atomic.Uint64 // events routed to a topology (kept in its log, or counted in Unwatched)
 	Delivered atomic.Uint64 // events handed to client transports
 	Snapshots atomic.Uint64 // snapshots handed to client transports
 	Resyncs   atomic.Uint64 // resync snapshots queued (overflow, lag, gap or stale cursor)
+	// ResyncsBy splits Resyncs by ResyncReason.
+	ResyncsBy [numResyncReasons]atomic.Uint64
 	Overflows atomic.Uint64 // subscribers found too far behind the log
 	BusGaps   atomic.Uint64 // bus subscription gaps
 
@@ -487,4 +489,40 @@ type Stats struct {
 	SnapshotReads   atomic.Uint64 // snapshot reads from the source
 	SnapshotsShared atomic.Uint64 // snapshots served by a read already under way
 	Dropped         [numDropReasons]atomic.Uint64
+}
+
+// A ResyncReason says why a subscription was sent a resync snapshot.
+type ResyncReason int
+
+const (
+	// ResyncSlow: the subscription fell too far behind its topology's log
+	// (QueueSize events, MaxLag, or events already gone from the history).
+	ResyncSlow ResyncReason = iota
+	// ResyncBusGap: the bus subscription was lost and re-established.
+	ResyncBusGap
+	// ResyncCursor: a resume cursor the hub could not honour (another
+	// epoch, malformed, too old, from before a gap).
+	ResyncCursor
+	numResyncReasons
+)
+
+func (r ResyncReason) String() string {
+	switch r {
+	case ResyncSlow:
+		return "slow"
+	case ResyncBusGap:
+		return "bus_gap"
+	case ResyncCursor:
+		return "cursor"
+	}
+	return "unknown"
+}
+
+// ResyncReasons lists every ResyncReason, for metrics.
+func ResyncReasons() []ResyncReason { return []ResyncReason{ResyncSlow, ResyncBusGap, ResyncCursor} }
+
+// countResync counts one resync snapshot queued for reason r.
+func (s *Stats) countResync(r ResyncReason) {
+	s.Resyncs.Add(1)
+	s.ResyncsBy[r].Add(1)
 }

@@ -33,7 +33,7 @@ type Snapshot struct {
 	InFlight []json.RawMessage
 }
 
-// EncodeSnapshot renders the snapshot's data per PROTOCOL §3:
+// EncodeSnapshot renders the snapshot's data per docs/protocol.md §3:
 // {"topology_id","status","in_flight"} plus "resync":true after a gap.
 // Rows that are not JSON objects (or not valid UTF-8) are left out.
 func EncodeSnapshot(s Snapshot, resync bool) []byte {
@@ -73,7 +73,7 @@ func EncodeSnapshot(s Snapshot, resync bool) []byte {
 var inFlightStates = []string{"pending", "applying"}
 
 // OrderInFlight keeps the rows in state pending or applying and orders them
-// per PROTOCOL §3: pending (newest first) then applying (newest first), by
+// per docs/protocol.md §3: pending (newest first) then applying (newest first), by
 // requested_at (an ISO-8601 string or epoch seconds). Rows that are not
 // JSON objects are dropped; a row whose requested_at cannot be read sorts
 // last within its state, ties broken by id.

@@ -12,7 +12,7 @@
 //
 // Usage and semantics: docs/client.md ("React").
 
-/** Pending rows first, then applying ones (the snapshot's order, PROTOCOL §3). */
+/** Pending rows first, then applying ones (the snapshot's order, docs/protocol.md §3). */
 const STATE_RANK = { pending: 0, applying: 1 };
 
 /**

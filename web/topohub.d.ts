@@ -9,7 +9,7 @@ export const SUBSCRIBE_BURST: number;
 /** Subscribes sent per second after the burst. */
 export const SUBSCRIBE_RATE: number;
 
-/** A mutation row as producers store it (PROTOCOL §3), passed through unchanged. */
+/** A mutation row as producers store it (docs/protocol.md §3), passed through unchanged. */
 export interface MutationRow {
   id: string;
   topology_id?: string;
@@ -79,7 +79,7 @@ export interface StateDetail {
   error: ConnectionError | null;
 }
 
-/** A server error frame (PROTOCOL §8), the `detail` of an "error" event. */
+/** A server error frame (docs/protocol.md §8), the `detail` of an "error" event. */
 export interface ErrorFrame {
   op: "error";
   id?: string;
@@ -164,7 +164,7 @@ export function connect(options: ConnectOptions): TopohubConnection;
 /** The event names of the contract; the default of `eventNames`. */
 export const DEFAULT_EVENT_NAMES: readonly string[];
 
-/** The client-facing event name of a bus topic (PROTOCOL §2). */
+/** The client-facing event name of a bus topic (docs/protocol.md §2). */
 export function eventName(topic: string): string;
 
 export type CloseAction = "reconnect" | "reauth" | "stop";

@@ -4,7 +4,7 @@
 // WebSocket cannot be established it falls back, per topology, to the
 // legacy EventSource route with the same handler API, and tries the
 // WebSocket again later. Dependency-free ES module; no build step.
-// Wire contract: shared/PROTOCOL.md; usage: docs/client.md; types:
+// Wire contract: docs/protocol.md; usage: docs/client.md; types:
 // topohub.d.ts.
 //
 // Layout: pure parts (close-code policy, refresh timing, backoff, frame
@@ -22,8 +22,8 @@ export const SUBSCRIBE_RATE = 10;
 const RETRYABLE = new Set(["rate_limited", "unavailable"]);
 
 /**
- * The event names of the contract (PROTOCOL §2 and the producers of
- * LEGACY.md): what the SSE fallback listens for unless the `eventNames`
+ * The event names of the contract (docs/protocol.md §2 and the producers of
+ * docs/protocol.md §3): what the SSE fallback listens for unless the `eventNames`
  * option says otherwise. EventSource delivers only the event names it has
  * a listener for, so a family or leaf added to the hub's configuration
  * must be added here by the page (`eventNames: [...DEFAULT_EVENT_NAMES,
@@ -36,7 +36,7 @@ export const DEFAULT_EVENT_NAMES = Object.freeze([
 ]);
 
 /**
- * The client-facing event name of a bus topic (PROTOCOL §2), as the hub
+ * The client-facing event name of a bus topic (docs/protocol.md §2), as the hub
  * computes it: split on the first two dots; `decky` keeps its prefix.
  * @param {string} topic
  * @returns {string}

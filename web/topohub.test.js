@@ -577,7 +577,7 @@ test("EventSourceTransport: per-topology sources, fresh ticket on error, error e
 
 // ---- event names ----
 
-test("eventName follows the hub's rule (PROTOCOL §2)", () => {
+test("eventName follows the hub's rule (docs/protocol.md §2)", () => {
   assert.equal(eventName("topology.T.mutation.applied"), "mutation.applied");
   assert.equal(eventName("topology.T.status"), "status");
   assert.equal(eventName("decky.host:web1.service_added"), "decky.service_added");
@@ -605,7 +605,7 @@ test("the fallback listens to eventNames: the contract's list by default, extend
   await check({ eventNames: ["status"] }, ["snapshot", "error", "status"]);
   assert.ok(Object.isFrozen(DEFAULT_EVENT_NAMES));
   for (const name of ["snapshot", "status", "mutation.enqueued", "mutation.applying", "mutation.applied", "mutation.failed", "decky.service_added", "decky.service_removed"]) {
-    assert.ok(DEFAULT_EVENT_NAMES.includes(name), `${name} (LEGACY.md's listener list) missing`);
+    assert.ok(DEFAULT_EVENT_NAMES.includes(name), `${name} (docs/protocol.md §3's listener list) missing`);
   }
 });
 

@@ -16,7 +16,7 @@ import (
 )
 
 // sseClient is one legacy EventSource user: one stream per topology
-// (PROTOCOL §7), each read by one goroutine. The request is written and
+// (docs/protocol.md §7), each read by one goroutine. The request is written and
 // the response read on a plain connection, not through http.Transport,
 // which would add two goroutines per stream.
 type sseClient struct {

@@ -15,7 +15,7 @@ import (
 	"github.com/coder/websocket"
 )
 
-// subprotocol is the WebSocket subprotocol of PROTOCOL §8.
+// subprotocol is the WebSocket subprotocol of docs/protocol.md §8.
 const subprotocol = "topohub.v1"
 
 // wsSubscribeBurst is how many subscribes a client sends at once; beyond

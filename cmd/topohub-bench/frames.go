@@ -20,7 +20,7 @@ type sink struct {
 	readers sync.WaitGroup
 }
 
-// Event names and markers of PROTOCOL §2 and §3 the bench looks for. The
+// Event names and markers of docs/protocol.md §2 and §3 the bench looks for. The
 // publisher's topic topology.<id>.bench gives the event name "bench"; its
 // decky.<name>.traffic flood would give "decky.traffic".
 var (
@@ -105,7 +105,7 @@ func atoiBytes(b []byte) (int64, bool) {
 	return int64(n), true
 }
 
-// wsFrame is one server frame of PROTOCOL §8. Its slices point into the
+// wsFrame is one server frame of docs/protocol.md §8. Its slices point into the
 // message buffer and are valid until the next message is read.
 type wsFrame struct {
 	op, topology, event, id, code []byte

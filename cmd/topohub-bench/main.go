@@ -176,7 +176,7 @@ func (c *config) check() error {
 	return nil
 }
 
-// checkToken refuses what cannot be part of a topology id (PROTOCOL §1).
+// checkToken refuses what cannot be part of a topology id (docs/protocol.md §1).
 func checkToken(s string) error {
 	if s == "" || strings.ContainsAny(s, ".*> \t\r\n\"\\") {
 		return fmt.Errorf("%q: want a non-empty word without '.', '*', '>', quotes or white space", s)

@@ -140,7 +140,7 @@ func (p *publisher) run(ctx context.Context, d time.Duration) publishResult {
 }
 
 // topologyKey is the hash the hub's default snapshot source reads
-// (PROTOCOL §4).
+// (docs/protocol.md §4).
 func topologyKey(prefix, id string) string { return prefix + "topology:" + id }
 
 // createTopologies writes each topology's hash with status seq:0, in

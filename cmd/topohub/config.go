@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"time"
@@ -47,6 +48,10 @@ type config struct {
 	MaxSession      time.Duration
 	SendBuffer      int
 	DrainWindow     time.Duration
+	LogLevel        string
+
+	// ShowVersion is -version: print the build and exit (not a setting).
+	ShowVersion bool
 }
 
 type envFlag struct {
@@ -143,22 +148,49 @@ func flagDefs(c *config) []envFlag {
 		{"send-buffer", "TOPOHUB_SEND_BUFFER", "262144", "socket send buffer (SO_SNDBUF, bytes) of each stream connection; bounds the kernel memory a stalled reader pins", num(&c.SendBuffer)},
 		{"drain-window", "TOPOHUB_DRAIN_WINDOW", "1s", "on SIGTERM, how long /readyz and new streams answer 503 before open streams are closed", dur(&c.DrainWindow)},
 		{"log-format", "TOPOHUB_LOG_FORMAT", "text", "log format: text or json", str(&c.LogFormat)},
+		{"log-level", "TOPOHUB_LOG_LEVEL", "info", "log level: debug, info, warn or error (probes and /metrics hits are debug)", str(&c.LogLevel)},
 		{"demo", "TOPOHUB_DEMO", "false", "development mode with simulated producers on demo, demo-east and demo-west (embedded broker only)", boolean(&c.Demo)},
 	}
 }
 
 // loadConfig reads the defaults, then the environment (a variable set to
 // the empty string counts: TOPOHUB_JWT_ISSUER= turns the issuer check
-// off), then the flags.
+// off), then the flags. -help answers flag.ErrHelp (exit 0).
 func loadConfig(args []string, lookupEnv func(string) (string, bool)) (*config, error) {
+	c, fs, err := newFlagSet("topohub", "topohub [flags] | topohub token [flags]", lookupEnv)
+	if err != nil {
+		return nil, err
+	}
+	fs.BoolVar(&c.ShowVersion, "version", false, "print the build (version, commit, Go) and exit")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q (flags start with -; the only command is token)", fs.Arg(0))
+	}
+	return c, c.check()
+}
+
+// newFlagSet binds every setting of a fresh config to a flag set named
+// name, after filling it from the defaults and the environment.
+func newFlagSet(name, usage string, lookupEnv func(string) (string, bool)) (*config, *flag.FlagSet, error) {
 	c := &config{}
 	defs := flagDefs(c)
-	fs := flag.NewFlagSet("topohub", flag.ContinueOnError)
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: topohub [flags]\n\nEvery flag can also be set with its environment variable.\n\n")
+		fmt.Fprintf(fs.Output(), "usage: %s\n\nEvery setting can also be set with its environment variable.\n\n", usage)
 		for _, d := range defs {
 			fmt.Fprintf(fs.Output(), "  -%s (%s, default %q)\n    \t%s\n", d.name, d.env, d.def, d.usage)
 		}
+		fmt.Fprintf(fs.Output(), "\nOther flags:\n")
+		fs.VisitAll(func(f *flag.Flag) {
+			for _, d := range defs {
+				if d.name == f.Name {
+					return
+				}
+			}
+			fmt.Fprintf(fs.Output(), "  -%s\n    \t%s\n", f.Name, f.Usage)
+		})
 	}
 	for _, d := range defs {
 		v := d.def
@@ -166,7 +198,7 @@ func loadConfig(args []string, lookupEnv func(string) (string, bool)) (*config, 
 			v = e
 		}
 		if err := d.set(v); err != nil {
-			return nil, fmt.Errorf("%s: %w", d.env, err)
+			return nil, nil, fmt.Errorf("%s: %w", d.env, err)
 		}
 		if d.def == "false" || d.def == "true" {
 			fs.BoolFunc(d.name, d.usage, d.set) // -demo alone means -demo=true
@@ -174,11 +206,25 @@ func loadConfig(args []string, lookupEnv func(string) (string, bool)) (*config, 
 			fs.Func(d.name, d.usage, d.set)
 		}
 	}
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
+	return c, fs, nil
+}
+
+// check validates what the flag parsers cannot.
+func (c *config) check() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
-		return nil, errors.New("TOPOHUB_LOG_FORMAT: want text or json")
+		return errors.New("TOPOHUB_LOG_FORMAT: want text or json")
 	}
-	return c, nil
+	if _, err := parseLogLevel(c.LogLevel); err != nil {
+		return err
+	}
+	return nil
+}
+
+// parseLogLevel reads TOPOHUB_LOG_LEVEL.
+func parseLogLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("TOPOHUB_LOG_LEVEL: want debug, info, warn or error, got %q", s)
+	}
+	return l, nil
 }

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"io/fs"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -15,6 +17,10 @@ import (
 type composeFile struct {
 	Services map[string]struct {
 		Image       string            `yaml:"image"`
+		Ports       []string          `yaml:"ports"`
+		Profiles    []string          `yaml:"profiles"`
+		Entrypoint  []string          `yaml:"entrypoint"`
+		Command     []string          `yaml:"command"`
 		Build       any               `yaml:"build"`
 		Environment map[string]string `yaml:"environment"`
 		DependsOn   map[string]struct {
@@ -83,6 +89,75 @@ func TestComposeFile(t *testing.T) {
 	}
 }
 
+// TestComposePath holds the README's compose walkthrough to the files: the
+// secret from a documented .env that is never committed, Redis on
+// loopback for redis-cli, and the optional demo producers on the same
+// topologies as --demo.
+func TestComposePath(t *testing.T) {
+	var cf composeFile
+	compose := readRepoFile(t, "docker-compose.yml")
+	if err := yaml.Unmarshal([]byte(compose), &cf); err != nil {
+		t.Fatal(err)
+	}
+	if p := cf.Services["redis"].Ports; len(p) != 1 || p[0] != "127.0.0.1:6379:6379" {
+		t.Errorf("redis ports %v, want only 127.0.0.1:6379:6379 (loopback: it has no password)", p)
+	}
+	example := readRepoFile(t, ".env.example")
+	documented := map[string]bool{}
+	for _, line := range strings.Split(example, "\n") {
+		line = strings.TrimPrefix(strings.TrimSpace(line), "#")
+		if k, v, ok := strings.Cut(line, "="); ok && strings.HasPrefix(k, "TOPOHUB_") {
+			documented[k] = true
+			if k == "TOPOHUB_JWT_SECRET" && v != "" {
+				t.Errorf(".env.example holds a secret %q; it must be empty", v)
+			}
+		}
+	}
+	for _, m := range regexp.MustCompile(`\$\{(\w+)`).FindAllStringSubmatch(compose, -1) {
+		if !documented[m[1]] {
+			t.Errorf("compose reads ${%s}, which .env.example does not document", m[1])
+		}
+	}
+	if !regexp.MustCompile(`(?m)^/?\.env$`).MatchString(readRepoFile(t, ".gitignore")) {
+		t.Error(".gitignore does not ignore .env")
+	}
+
+	demo, ok := cf.Services["demo"]
+	if !ok {
+		t.Fatal("compose has no demo service")
+	}
+	if len(demo.Profiles) != 1 || demo.Profiles[0] != "demo" {
+		t.Errorf("demo profiles %v: it must be optional (profile demo)", demo.Profiles)
+	}
+	if demo.Image != cf.Services["topohub"].Image || len(demo.Entrypoint) != 1 || demo.Entrypoint[0] != "/usr/local/bin/topohub-sim" {
+		t.Errorf("demo runs %v from %s, want topohub-sim from the hub's image", demo.Entrypoint, demo.Image)
+	}
+	if df := readRepoFile(t, "Dockerfile"); !strings.Contains(df, "./cmd/topohub-sim") || !strings.Contains(df, "/out/topohub-sim") {
+		t.Error("the Dockerfile does not build and install topohub-sim")
+	}
+	sim := readRepoFile(t, "cmd/topohub-sim/main.go")
+	args := map[string]string{}
+	for i := 0; i+1 < len(demo.Command); i += 2 {
+		name := strings.TrimPrefix(demo.Command[i], "--")
+		if !strings.Contains(sim, `"`+name+`"`) {
+			t.Errorf("demo passes --%s, which topohub-sim does not define", name)
+		}
+		args[name] = demo.Command[i+1]
+	}
+	if args["ids"] != strings.Join(demoTopologies, ",") {
+		t.Errorf("demo simulates %q, want the --demo topologies %v", args["ids"], demoTopologies)
+	}
+	if args["redis"] != cf.Services["topohub"].Environment["TOPOHUB_REDIS_URL"] {
+		t.Errorf("demo publishes to %q, the hub reads %q", args["redis"], cf.Services["topohub"].Environment["TOPOHUB_REDIS_URL"])
+	}
+	readme := readRepoFile(t, "README.md")
+	for _, step := range []string{".env.example", "docker compose up", "--profile demo", "docker compose exec -T topohub topohub token", "redis-cli -p 6379"} {
+		if !strings.Contains(readme, step) {
+			t.Errorf("the README's compose walkthrough lacks %q", step)
+		}
+	}
+}
+
 func TestDockerfileMatchesGoVersion(t *testing.T) {
 	gomod := readRepoFile(t, "go.mod")
 	m := regexp.MustCompile(`(?m)^go (\d+\.\d+)`).FindStringSubmatch(gomod)
@@ -122,5 +197,49 @@ func TestReadmeDocumentsEverySetting(t *testing.T) {
 	}
 	if ci := readRepoFile(t, ".ci/run"); !strings.Contains(ci, "go test -race ./...") {
 		t.Error(".ci/run does not run the README's test command")
+	}
+}
+
+// TestNothingPointsOutsideTheRepository: the wire contract is
+// docs/protocol.md; no file may send a reader to a file outside the
+// repository.
+func TestNothingPointsOutsideTheRepository(t *testing.T) {
+	outside := []string{"../" + "shared", "PROTOCOL" + ".md", "LEGACY" + ".md", "shared/" + "reference"}
+	err := filepath.WalkDir("../..", func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if n := d.Name(); n == ".git" || n == "node_modules" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		switch filepath.Ext(p) {
+		case ".go", ".md", ".js", ".ts", ".yml", ".json", ".html", ".example":
+		default:
+			if n := d.Name(); n != "Dockerfile" && n != "run" {
+				return nil // binaries built here, images
+			}
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, s := range outside {
+			if strings.Contains(string(b), s) {
+				t.Errorf("%s mentions %s", p, s)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	proto := readRepoFile(t, "docs/protocol.md")
+	for _, part := range []string{"## 1. Topics", "## 2. Event names", "## 3. Event data", "## 4. Snapshot source", "## 5. Authentication", "## 6. Delivery", "## 7. SSE route", "## 8. WebSocket route"} {
+		if !strings.Contains(proto, part) {
+			t.Errorf("docs/protocol.md lacks %q", part)
+		}
 	}
 }

@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -27,7 +28,11 @@ import (
 )
 
 func main() {
-	if err := run(context.Background(), os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr); err != nil {
+	err := run(context.Background(), os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0) // -help printed the usage
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "topohub:", err)
 		os.Exit(1)
 	}
@@ -37,15 +42,17 @@ func main() {
 const shutdownGrace = 5 * time.Second
 
 func run(ctx context.Context, args []string, lookupEnv func(string) (string, bool), stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "token" {
+		return runToken(args[1:], lookupEnv, stdout, stderr)
+	}
 	cfg, err := loadConfig(args, lookupEnv)
 	if err != nil {
 		return err
 	}
-	var lh slog.Handler = slog.NewTextHandler(stderr, nil)
-	if cfg.LogFormat == "json" {
-		lh = slog.NewJSONHandler(stderr, nil)
+	if cfg.ShowVersion {
+		return printVersion(stdout)
 	}
-	log := slog.New(lh)
+	log := newLogger(cfg, stderr)
 
 	if err := checkDemo(cfg); err != nil {
 		return err
@@ -72,8 +79,19 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		// The parse error quotes the URL, and with it any password.
 		return errors.New("TOPOHUB_REDIS_URL is not a valid redis:// or rediss:// URL (redis://[user:password@]host:port/db)")
 	}
+	redis.SetLogger(newRedisLogger(log, ropts.Password))
+	tp, stopTracing, err := startTracing(lookupEnv, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		stopTracing(ctx)
+	}()
+	log.Info("redis", "addr", ropts.Addr, "db", ropts.DB, "tls", ropts.TLSConfig != nil, "user", ropts.Username, "password_set", ropts.Password != "")
 	rdb := redis.NewClient(ropts)
-	defer rdb.Close()
+	defer closeWithin(rdb, time.Second, log)
 	// Handshakes make small Redis calls concurrently (ticket, cap,
 	// snapshots): the autopipeliner sends those in flight together as one
 	// pipeline, one system call each way for many handshakes.
@@ -104,7 +122,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	}
 	limiter := busredis.NewLimiter(reqCalls, busredis.LimiterConfig{Max: cfg.MaxConnsPerUser, Prefix: cfg.KeyPrefix, Logger: log})
 	sub := busredis.NewSubscriber(ropts, h, busredis.SubscriberConfig{
-		Families: families, Publisher: rdb, Instance: limiter.InstanceID(), Logger: log,
+		Families: families, Publisher: rdb, Instance: limiter.InstanceID(), Logger: log, TracerProvider: tp,
 		LagInterval: cfg.ProbeInterval, ProbeDeadline: cfg.ProbeDeadline,
 	})
 	var revocations hub.RevocationList
@@ -138,6 +156,8 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		SendBuffer:       cfg.SendBuffer,
 		Ready:            sub.Ready,
 		BusLag:           sub.LastLag,
+		Build:            buildInfo(),
+		TracerProvider:   tp,
 		Logger:           log,
 	})
 	if err != nil {
@@ -231,4 +251,18 @@ func displayAddr(a net.Addr) string {
 		return a.String()
 	}
 	return ta.String()
+}
+
+// closeWithin closes c but waits at most d: go-redis's Close waits for
+// dials under way, and a dial to a Redis that never answers (a TLS
+// handshake with a plain server) would hold the exit up for tens of
+// seconds, past the documented grace.
+func closeWithin(c io.Closer, d time.Duration, log *slog.Logger) {
+	done := make(chan struct{})
+	go func() { _ = c.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+		log.Warn("redis connections still closing at exit; not waiting for them")
+	}
 }

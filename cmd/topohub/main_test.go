@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,11 +43,7 @@ func TestDevModeBinary(t *testing.T) {
 	if _, err := exec.LookPath("redis-cli"); err != nil {
 		t.Fatal("redis-cli is required (apt-get install redis-tools); .ci/run installs it")
 	}
-	bin := filepath.Join(t.TempDir(), "topohub")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := hubBinary(t)
 	cmd := exec.Command(bin)
 	cmd.Env = append(cleanEnv(), "TOPOHUB_ADDR=127.0.0.1:0")
 	stdout, err := cmd.StdoutPipe()

@@ -1,5 +1,5 @@
 // Package sim generates producer traffic modelled on what the platform's
-// producers publish (../shared/LEGACY.md): mutation lifecycles with their
+// producers publish (docs/protocol.md §3, "Events producers publish"): mutation lifecycles with their
 // snapshot keys, decky service events and a flood of unrouted decky
 // traffic. It also holds the soak checker, which follows the simulated
 // topologies over WebSocket and SSE like real editors and compares what
@@ -124,7 +124,7 @@ func validID(id string) bool {
 	return true
 }
 
-// TopologyKey is the hash holding a topology's status (PROTOCOL §4).
+// TopologyKey is the hash holding a topology's status (docs/protocol.md §4).
 func TopologyKey(prefix, id string) string { return prefix + "topology:" + id }
 
 // MutationsKey is the hash holding a topology's mutation rows.
