@@ -74,13 +74,13 @@ type SubscriberConfig struct {
 // A Subscriber holds ONE Redis connection with one PSUBSCRIBE per family,
 // however many clients the hub has, and feeds every message to a Sink.
 type Subscriber struct {
-	opts  *redis.Options
-	sink  Sink
-	cfg   SubscriberConfig
-	pats  []string
-	ready atomic.Bool
-	gaps  atomic.Uint64
-	downs atomic.Uint64 // times Ready went from true to false
+	target *Target // the subscription's own copy: name, RESP2, timeouts
+	sink   Sink
+	cfg    SubscriberConfig
+	pats   []string
+	ready  atomic.Bool
+	gaps   atomic.Uint64
+	downs  atomic.Uint64 // times Ready went from true to false
 	// lastDown is the UnixNano of the newest such change.
 	lastDown atomic.Int64
 
@@ -98,14 +98,40 @@ type Subscriber struct {
 	kicked atomic.Bool   // the probe tore ps down: Run makes a new one
 }
 
-// NewSubscriber prepares a subscription; Run makes it.
+// NewSubscriber prepares a subscription on one server; Run makes it.
 func NewSubscriber(opts *redis.Options, sink Sink, cfg SubscriberConfig) *Subscriber {
-	o := *opts
-	o.ClientName = SubscriberName
-	// RESP2: pub/sub messages are the same, and go-redis then skips its
-	// RESP3 push-notification check before every message (a tenth of the
-	// hub's CPU under a flood of 100,000 unroutable events/s).
-	o.Protocol = 2
+	return NewTargetSubscriber(SingleTarget(opts), sink, cfg)
+}
+
+// NewTargetSubscriber prepares a subscription on any shape of Redis; Run
+// makes it. On Sentinel each (re)connect asks the sentinels for the
+// current primary; on Cluster the subscription is held on one primary,
+// and moves to another whenever it has to be made again.
+func NewTargetSubscriber(t *Target, sink Sink, cfg SubscriberConfig) *Subscriber {
+	tg := &Target{Shape: t.Shape}
+	var dial, read, write *time.Duration
+	switch t.Shape {
+	case ShapeSentinel:
+		o := *t.Sentinel
+		o.SentinelAddrs = append([]string(nil), o.SentinelAddrs...)
+		o.ClientName, o.Protocol = SubscriberName, 2
+		tg.Sentinel = &o
+		dial, read, write = &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout
+	case ShapeCluster:
+		o := *t.Cluster
+		o.Addrs = append([]string(nil), o.Addrs...)
+		o.ClientName, o.Protocol = SubscriberName, 2
+		tg.Cluster = &o
+		dial, read, write = &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout
+	default:
+		o := *t.Single
+		// RESP2: pub/sub messages are the same, and go-redis then skips its
+		// RESP3 push-notification check before every message (a tenth of the
+		// hub's CPU under a flood of 100,000 unroutable events/s).
+		o.ClientName, o.Protocol = SubscriberName, 2
+		tg.Single = &o
+		dial, read, write = &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout
+	}
 	if cfg.ProbeInterval <= 0 {
 		cfg.ProbeInterval = 5 * time.Second
 	}
@@ -130,13 +156,13 @@ func NewSubscriber(opts *redis.Options, sink Sink, cfg SubscriberConfig) *Subscr
 		// partition) hangs until these run out: bounded by the probe
 		// interval, a healed path is used within an interval and a
 		// backoff, not go-redis's 3-5 s.
-		for _, d := range []*time.Duration{&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout} {
+		for _, d := range []*time.Duration{dial, read, write} {
 			if *d <= 0 || *d > cfg.LagInterval {
 				*d = cfg.LagInterval
 			}
 		}
 	}
-	s := &Subscriber{opts: &o, sink: sink, cfg: cfg}
+	s := &Subscriber{target: tg, sink: sink, cfg: cfg}
 	for _, f := range cfg.Families {
 		s.pats = append(s.pats, f.Pattern())
 	}
@@ -290,8 +316,8 @@ func (s *Subscriber) Patterns() []string { return s.pats }
 // it drops. Each time all patterns are confirmed the sink is told of the
 // gap, so every client is resynced.
 func (s *Subscriber) Run(ctx context.Context) {
-	rdb := redis.NewClient(s.opts)
-	defer rdb.Close()
+	src := newSubSource(s.target, s.cfg.Logger)
+	defer src.close()
 	log := s.cfg.Logger
 	probing := s.cfg.Publisher != nil && s.probeChannel != ""
 	if probing {
@@ -312,7 +338,7 @@ func (s *Subscriber) Run(ctx context.Context) {
 		if ps != nil {
 			_ = ps.Close()
 		}
-		ps = rdb.PSubscribe(ctx, s.pats...)
+		ps = src.psubscribe(ctx, s.pats)
 		s.mu.Lock()
 		s.ps = ps
 		s.mu.Unlock()
@@ -374,6 +400,12 @@ func (s *Subscriber) Run(ctx context.Context) {
 				if s.setDown() {
 					log.Warn("redis subscription unresponsive; reconnecting")
 				}
+				replace()
+			default:
+				// The connection failed (the server died, a failover
+				// closed it): a new subscription, which on Sentinel asks
+				// for the current primary and on Cluster moves to
+				// another node.
 				replace()
 			}
 			pingOut = false

@@ -67,24 +67,26 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	} else if len(cfg.JWTSecret) < handlers.MinSecretLen {
 		return fmt.Errorf("TOPOHUB_JWT_SECRET must be at least %d bytes (got %d); generate one with: openssl rand -hex 32", handlers.MinSecretLen, len(cfg.JWTSecret))
 	}
-	ropts, err := redis.ParseURL(redisURL)
+	target, err := busredis.ParseURL(redisURL, cfg.RedisTLSCA)
 	if err != nil {
-		// The parse error quotes the URL, and with it any password.
-		return errors.New("TOPOHUB_REDIS_URL is not a valid redis:// or rediss:// URL (redis://[user:password@]host:port/db)")
+		// ParseURL's errors never quote the URL, and so no password.
+		return fmt.Errorf("TOPOHUB_REDIS_URL: %w (see docs/deployment.md for the redis://, redis+sentinel:// and redis+cluster:// forms)", err)
 	}
-	rdb := redis.NewClient(ropts)
+	log.Info("redis", "shape", target.Shape.String(), "addrs", target.Addrs())
+	rdb := target.NewClient()
 	defer rdb.Close()
 	// Handshakes make small Redis calls concurrently (ticket, cap,
 	// snapshots): the autopipeliner sends those in flight together as one
-	// pipeline, one system call each way for many handshakes.
-	calls, err := rdb.AutoPipeline()
+	// pipeline, one system call each way for many handshakes (per node on
+	// a Cluster).
+	calls, err := autoPipeline(rdb, false)
 	if err != nil {
 		return fmt.Errorf("redis autopipeline: %w", err)
 	}
 	// The stores of the request path (tickets, cap, revocations) wait on
 	// the asynchronous face, whose waits honour the request's deadline
 	// (busredis.process); the blocking face's do not.
-	reqCalls, err := rdb.AsyncAutoPipeline()
+	reqCalls, err := autoPipeline(rdb, true)
 	if err != nil {
 		return fmt.Errorf("redis autopipeline: %w", err)
 	}
@@ -101,7 +103,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		return err
 	}
 	limiter := busredis.NewLimiter(reqCalls, busredis.LimiterConfig{Max: cfg.MaxConnsPerUser, Prefix: cfg.KeyPrefix, Logger: log})
-	sub := busredis.NewSubscriber(ropts, h, busredis.SubscriberConfig{
+	sub := busredis.NewTargetSubscriber(target, h, busredis.SubscriberConfig{
 		Families: families, Publisher: rdb, Instance: limiter.InstanceID(), Logger: log,
 	})
 	var revocations hub.RevocationList
@@ -226,4 +228,21 @@ func displayAddr(a net.Addr) string {
 		return a.String()
 	}
 	return ta.String()
+}
+
+// autoPipeline returns the autopipeliner of a plain, failover or cluster
+// client: the blocking face, or with async the asynchronous one.
+func autoPipeline(rdb redis.UniversalClient, async bool) (*redis.AutoPipeliner, error) {
+	type pipelined interface {
+		AutoPipeline() (*redis.AutoPipeliner, error)
+		AsyncAutoPipeline() (*redis.AutoPipeliner, error)
+	}
+	p, ok := rdb.(pipelined)
+	if !ok {
+		return nil, fmt.Errorf("%T has no autopipeliner", rdb)
+	}
+	if async {
+		return p.AsyncAutoPipeline()
+	}
+	return p.AutoPipeline()
 }
