@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -85,6 +86,7 @@ type Subscriber struct {
 	lastDown atomic.Int64
 
 	probeChannel string
+	probePrefix  string       // of every hub's probe channels
 	lag          atomic.Int64 // nanoseconds of the newest probe's round trip; -1 before one
 	probes       atomic.Uint64
 	// seen is the UnixNano at which the newest probe read back was due,
@@ -92,6 +94,8 @@ type Subscriber struct {
 	// deadline runs from it.
 	seen   atomic.Int64
 	missed atomic.Uint64 // probe deadlines missed
+
+	src atomic.Pointer[subSource] // while Run runs
 
 	mu     sync.Mutex    // guards ps, which a reconnect replaces
 	ps     *redis.PubSub // the current subscription; nil outside Run
@@ -167,7 +171,8 @@ func NewTargetSubscriber(t *Target, sink Sink, cfg SubscriberConfig) *Subscriber
 		s.pats = append(s.pats, f.Pattern())
 	}
 	if len(cfg.Families) > 0 {
-		s.probeChannel = cfg.Families[0].Prefix + "." + ProbeToken + "." + cfg.Instance
+		s.probePrefix = cfg.Families[0].Prefix + "." + ProbeToken + "."
+		s.probeChannel = s.probePrefix + cfg.Instance
 	}
 	s.lag.Store(-1)
 	return s
@@ -317,7 +322,11 @@ func (s *Subscriber) Patterns() []string { return s.pats }
 // gap, so every client is resynced.
 func (s *Subscriber) Run(ctx context.Context) {
 	src := newSubSource(s.target, s.cfg.Logger)
-	defer src.close()
+	s.src.Store(&src)
+	defer func() {
+		s.src.Store(nil)
+		src.close()
+	}()
 	log := s.cfg.Logger
 	probing := s.cfg.Publisher != nil && s.probeChannel != ""
 	if probing {
@@ -427,6 +436,9 @@ func (s *Subscriber) Run(ctx context.Context) {
 				s.readProbe(m.Payload)
 				continue
 			}
+			if s.probePrefix != "" && strings.HasPrefix(m.Channel, s.probePrefix) {
+				continue // another hub's probe on the same Redis
+			}
 			_ = s.sink.HandleMessage(m.Channel, []byte(m.Payload))
 		case *redis.Subscription:
 			if m.Kind == "psubscribe" && m.Count == len(s.pats) && !s.ready.Load() {
@@ -440,6 +452,16 @@ func (s *Subscriber) Run(ctx context.Context) {
 		case *redis.Pong:
 		}
 	}
+}
+
+// Node returns the address of the server the subscription was made on
+// last: the server, or on a Cluster the node it chose; on Sentinel, the
+// failover client's name for the primary. Empty outside Run.
+func (s *Subscriber) Node() string {
+	if p := s.src.Load(); p != nil {
+		return (*p).node()
+	}
+	return ""
 }
 
 // Established counts how many times the subscription was established.

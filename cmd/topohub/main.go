@@ -161,6 +161,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	bg.Go(func() { sub.Run(bgCtx) })
 	bg.Go(func() { h.Run(bgCtx, 0) })
 	bg.Go(func() { limiter.Run(bgCtx) })
+	bg.Go(func() { busredis.KeepClusterLayout(bgCtx, rdb, 0) })
 	bg.Go(func() { srv.WatchRevocations(bgCtx, 0) })
 	if err := startDemo(bgCtx, &bg, cfg, redisURL, log); err != nil {
 		_ = ln.Close()
