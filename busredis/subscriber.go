@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -171,8 +170,7 @@ func NewTargetSubscriber(t *Target, sink Sink, cfg SubscriberConfig) *Subscriber
 		s.pats = append(s.pats, f.Pattern())
 	}
 	if len(cfg.Families) > 0 {
-		s.probePrefix = cfg.Families[0].Prefix + "." + ProbeToken + "."
-		s.probeChannel = s.probePrefix + cfg.Instance
+		s.probeChannel = cfg.Families[0].Prefix + "." + ProbeToken + "." + cfg.Instance
 	}
 	s.lag.Store(-1)
 	return s
@@ -435,9 +433,6 @@ func (s *Subscriber) Run(ctx context.Context) {
 			if m.Channel == s.probeChannel {
 				s.readProbe(m.Payload)
 				continue
-			}
-			if s.probePrefix != "" && strings.HasPrefix(m.Channel, s.probePrefix) {
-				continue // another hub's probe on the same Redis
 			}
 			_ = s.sink.HandleMessage(m.Channel, []byte(m.Payload))
 		case *redis.Subscription:
