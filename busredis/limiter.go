@@ -320,8 +320,13 @@ func (l *Limiter) reassert(ctx context.Context, alive bool) error {
 	var failMu sync.Mutex
 	var failed []string
 	var firstErr error
+	// A bounded number in flight: the autopipeliner batches them, and a
+	// hub with many users does not start a goroutine per user.
+	sem := make(chan struct{}, 64)
 	for u, n := range counts {
+		sem <- struct{}{}
 		wg.Go(func() {
+			defer func() { <-sem }()
 			if err := evalScript(ctx, l.rdb, refreshScript, refreshSrc, l.userKeys(u), l.cfg.InstanceID, n, ttl).Err(); err != nil {
 				failMu.Lock()
 				failed = append(failed, u)
