@@ -26,9 +26,10 @@ type LimiterConfig struct {
 	// process: a restarted process that reused it would inherit its
 	// predecessor's counts. Zero value means "<hostname>-<random hex>".
 	InstanceID string
-	// TTL is how long this instance's liveness key outlives its last
-	// heartbeat, and so how soon the slots of a crashed instance are
-	// freed. Zero value means 15s.
+	// TTL is how long this instance's heartbeat deadline (and its
+	// liveness key, and the TTL of the user hashes it refreshes) outlives
+	// its last heartbeat, and so how soon the slots of a crashed instance
+	// are freed. Zero value means 15s.
 	TTL time.Duration
 	// Heartbeat is the interval at which Run refreshes the liveness key.
 	// It must be well under TTL. Zero value means TTL/3.
