@@ -26,9 +26,10 @@ type LimiterConfig struct {
 	// process: a restarted process that reused it would inherit its
 	// predecessor's counts. Zero value means "<hostname>-<random hex>".
 	InstanceID string
-	// TTL is how long this instance's liveness key outlives its last
-	// heartbeat, and so how soon the slots of a crashed instance are
-	// freed. Zero value means 15s.
+	// TTL is how long this instance's heartbeat deadline (and its
+	// liveness key, and the TTL of the user hashes it refreshes) outlives
+	// its last heartbeat, and so how soon the slots of a crashed instance
+	// are freed. Zero value means 15s.
 	TTL time.Duration
 	// Heartbeat is the interval at which Run refreshes the liveness key.
 	// It must be well under TTL. Zero value means TTL/3.
@@ -44,17 +45,17 @@ const releaseTimeout = 2 * time.Second
 // Limiter caps the streams of each user across every hub instance that
 // shares a Redis (docs/protocol.md §5). See docs/deployment.md for the design.
 //
-// Per user, the hash <prefix>conns:<user> maps instance id -> streams
-// that instance holds. Each instance keeps <prefix>instance:<id> alive
-// with Run's heartbeat; a count whose instance key has expired belongs to
-// a dead instance and is dropped by the next Acquire for that user, so a
-// crash frees its slots within TTL. The instance also keeps its counts
-// in memory and writes them again whenever its heartbeat finds its key
-// gone (Redis restarted or was unreachable for longer than TTL), or a
-// release or acquire may have left Redis wrong.
-//
-// The Lua script reads instance keys it is not given as KEYS, so the
-// limiter needs a standalone (or Sentinel) Redis, not a Cluster.
+// Per user, two hashes with the user as their hash tag, so that they sit
+// in one Cluster slot and each script touches that slot only:
+// <prefix>conns:{<user>} maps instance id -> streams that instance holds,
+// and <prefix>conns:{<user>}:alive maps instance id -> the deadline
+// (Redis time, ms) by which the instance must have refreshed it. Run's
+// heartbeat refreshes this instance's deadline in the hashes of every
+// user it holds streams for, writing its counts from memory at the same
+// time; a count whose deadline has passed belongs to a dead instance and
+// is dropped by the next Acquire for that user, so a crash frees its
+// slots within TTL. The key <prefix>instance:<id> (TTL) tells the
+// heartbeat that Redis lost its data (it is gone), for the log.
 type Limiter struct {
 	rdb         redis.Cmdable
 	cfg         LimiterConfig
@@ -120,43 +121,84 @@ func newInstanceID() string {
 // InstanceID returns the name of this instance in Redis.
 func (l *Limiter) InstanceID() string { return l.cfg.InstanceID }
 
-// ConnsKey is the hash of user's streams per instance.
-func (l *Limiter) ConnsKey(user string) string { return l.cfg.Prefix + "conns:" + user }
+// ConnsKey is the hash of user's streams per instance. The user is its
+// hash tag: on a Cluster it shares its slot with AliveKey.
+func (l *Limiter) ConnsKey(user string) string { return l.cfg.Prefix + "conns:{" + user + "}" }
+
+// AliveKey is the hash of the deadlines of the instances that hold
+// streams of user.
+func (l *Limiter) AliveKey(user string) string { return l.ConnsKey(user) + ":alive" }
+
+func (l *Limiter) userKeys(user string) []string {
+	return []string{l.ConnsKey(user), l.AliveKey(user)}
+}
 
 // InstanceKey is this instance's liveness key.
 func (l *Limiter) InstanceKey() string { return l.instanceKey }
 
+// redisNowMs is the Lua prelude that reads Redis's clock, in ms: the
+// deadlines are Redis's, so the instances' clocks need not agree.
+const redisNowMs = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`
+
 // acquireScript sums the user's live counts, dropping those of dead
 // instances, and takes a slot unless the sum has reached the cap.
-// KEYS[1] the user's hash; ARGV max, this instance's id, the prefix of
-// instance keys. Returns the new sum, or minus the sum when refused.
+// KEYS the user's counts and deadlines; ARGV max, this instance's id,
+// the TTL in ms. Returns the new sum, or minus the sum when refused.
 var acquireScript = redis.NewScript(acquireSrc)
 
-const acquireSrc = `
+const acquireSrc = redisNowMs + `
 local fields = redis.call('HGETALL', KEYS[1])
 local total = 0
 for i = 1, #fields, 2 do
 	local id = fields[i]
-	if id == ARGV[2] or redis.call('EXISTS', ARGV[3] .. id) == 1 then
+	local deadline = tonumber(redis.call('HGET', KEYS[2], id) or '0')
+	if id == ARGV[2] or deadline >= now then
 		total = total + tonumber(fields[i + 1])
 	else
 		redis.call('HDEL', KEYS[1], id)
+		redis.call('HDEL', KEYS[2], id)
 	end
 end
 if total >= tonumber(ARGV[1]) then
 	return -total
 end
 redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
+redis.call('HSET', KEYS[2], ARGV[2], now + tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return total + 1
 `
 
-// releaseScript gives back one slot. KEYS[1] the user's hash; ARGV[1]
-// this instance's id.
+// releaseScript gives back one slot. KEYS the user's counts and
+// deadlines; ARGV[1] this instance's id.
 var releaseScript = redis.NewScript(releaseSrc)
 
 const releaseSrc = `
 if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then
 	redis.call('HDEL', KEYS[1], ARGV[1])
+	redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return 0
+`
+
+// refreshScript writes this instance's count for the user and refreshes
+// its deadline, and both keys' TTL, so that the keys of users whose
+// every instance died expire by themselves. KEYS the user's counts and
+// deadlines; ARGV this instance's id, its count, the TTL in ms.
+var refreshScript = redis.NewScript(refreshSrc)
+
+const refreshSrc = redisNowMs + `
+if tonumber(ARGV[2]) > 0 then
+	redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+	redis.call('HSET', KEYS[2], ARGV[1], now + tonumber(ARGV[3]))
+	redis.call('PEXPIRE', KEYS[1], ARGV[3])
+	redis.call('PEXPIRE', KEYS[2], ARGV[3])
+else
+	redis.call('HDEL', KEYS[1], ARGV[1])
+	redis.call('HDEL', KEYS[2], ARGV[1])
 end
 return 0
 `
@@ -169,7 +211,7 @@ return 0
 func (l *Limiter) Acquire(ctx context.Context, user string) (func(), error) {
 	l.assert.RLock()
 	defer l.assert.RUnlock()
-	n, err := evalScript(ctx, l.rdb, acquireScript, acquireSrc, []string{l.ConnsKey(user)}, l.cfg.Max, l.cfg.InstanceID, l.cfg.Prefix+"instance:").Int64()
+	n, err := evalScript(ctx, l.rdb, acquireScript, acquireSrc, l.userKeys(user), l.cfg.Max, l.cfg.InstanceID, l.cfg.TTL.Milliseconds()).Int64()
 	if err != nil {
 		// The script may have run and only its answer been lost: the next
 		// heartbeat writes the count this instance really holds.
@@ -196,7 +238,7 @@ func (l *Limiter) release(user string) {
 	l.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
-	if err := evalScript(ctx, l.rdb, releaseScript, releaseSrc, []string{l.ConnsKey(user)}, l.cfg.InstanceID).Err(); err != nil {
+	if err := evalScript(ctx, l.rdb, releaseScript, releaseSrc, l.userKeys(user), l.cfg.InstanceID).Err(); err != nil {
 		l.markDirty(user)
 		l.log.Warn("connection slot release failed; the next heartbeat repairs the count", "err", err)
 	}
@@ -241,8 +283,9 @@ func (l *Limiter) Run(ctx context.Context) {
 	}
 }
 
-// beat refreshes the liveness key and, when it was gone or a count may be
-// wrong, writes this instance's counts again.
+// beat refreshes this instance's deadline, and writes its count, in the
+// hashes of every user it holds streams for (and of every user whose
+// count may be wrong), then the liveness key.
 func (l *Limiter) beat(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, l.cfg.Heartbeat)
 	defer cancel()
@@ -258,58 +301,76 @@ func (l *Limiter) beat(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("refresh %s: %w", l.instanceKey, err)
 	}
-	l.mu.Lock()
-	dirty := len(l.dirty) > 0
-	l.mu.Unlock()
-	if alive && !dirty {
-		return nil
-	}
-	return l.reassert(ctx, !alive)
+	return l.reassert(ctx, alive)
 }
 
-// reassert writes the counts of the dirty users, or of every user when
-// all is set, and (re)creates the liveness key, in one transaction.
-func (l *Limiter) reassert(ctx context.Context, all bool) error {
+// reassert writes this instance's counts and deadlines and then its
+// liveness key. It holds assert exclusively, so no count change of this
+// instance is in flight. Each user's write is one script on that user's
+// slot; they are pipelined, not a transaction (a Cluster has none across
+// slots): what fails stays dirty and is written at the next beat.
+func (l *Limiter) reassert(ctx context.Context, alive bool) error {
 	l.assert.Lock()
 	defer l.assert.Unlock()
 	l.mu.Lock()
-	counts := make(map[string]int, len(l.dirty))
+	counts := make(map[string]int, len(l.local)+len(l.dirty))
 	for u := range l.dirty {
 		counts[u] = l.local[u]
 	}
-	if all {
-		for u, n := range l.local {
-			counts[u] = n
-		}
+	for u, n := range l.local {
+		counts[u] = n
 	}
 	dirty := l.dirty
 	l.dirty = map[string]struct{}{}
 	l.mu.Unlock()
 
-	_, err := l.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, l.instanceKey, 1, l.cfg.TTL)
-		for u, n := range counts {
-			if n > 0 {
-				p.HSet(ctx, l.ConnsKey(u), l.cfg.InstanceID, n)
-			} else {
-				p.HDel(ctx, l.ConnsKey(u), l.cfg.InstanceID)
+	ttl := l.cfg.TTL.Milliseconds()
+	var wg sync.WaitGroup
+	var failMu sync.Mutex
+	var failed []string
+	var firstErr error
+	// A bounded number in flight: the autopipeliner batches them, and a
+	// hub with many users does not start a goroutine per user.
+	sem := make(chan struct{}, 64)
+	for u, n := range counts {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := evalScript(ctx, l.rdb, refreshScript, refreshSrc, l.userKeys(u), l.cfg.InstanceID, n, ttl).Err(); err != nil {
+				failMu.Lock()
+				failed = append(failed, u)
+				if firstErr == nil {
+					firstErr = err
+				}
+				failMu.Unlock()
 			}
-		}
-		return nil
-	})
-	if err != nil {
+		})
+	}
+	wg.Wait()
+	if firstErr != nil {
 		l.mu.Lock()
-		for u := range dirty {
+		for _, u := range failed {
 			l.dirty[u] = struct{}{}
 		}
+		for u := range dirty {
+			if _, ok := counts[u]; !ok {
+				l.dirty[u] = struct{}{}
+			}
+		}
 		l.mu.Unlock()
-		return fmt.Errorf("re-assert connection counts: %w", err)
+		return fmt.Errorf("re-assert connection counts: %w", firstErr)
+	}
+	if alive {
+		return nil
+	}
+	if err := l.rdb.Set(ctx, l.instanceKey, 1, l.cfg.TTL).Err(); err != nil {
+		return fmt.Errorf("write %s: %w", l.instanceKey, err)
 	}
 	switch {
-	case all && !l.registered:
+	case !l.registered:
 		l.registered = true
 		l.log.Info("connection limiter registered", "instance", l.cfg.InstanceID)
-	case all:
+	default:
 		l.log.Warn("connection limiter liveness key was gone (Redis restarted or unreachable for longer than TTL); counts written again",
 			"instance", l.cfg.InstanceID, "users", len(counts))
 	}

@@ -87,17 +87,18 @@ type SubscriberConfig struct {
 // A Subscriber holds ONE Redis connection with one PSUBSCRIBE per family,
 // however many clients the hub has, and feeds every message to a Sink.
 type Subscriber struct {
-	opts  *redis.Options
-	sink  Sink
-	cfg   SubscriberConfig
-	pats  []string
-	ready atomic.Bool
-	gaps  atomic.Uint64
-	downs atomic.Uint64 // times Ready went from true to false
+	target *Target // the subscription's own copy: name, RESP2, timeouts
+	sink   Sink
+	cfg    SubscriberConfig
+	pats   []string
+	ready  atomic.Bool
+	gaps   atomic.Uint64
+	downs  atomic.Uint64 // times Ready went from true to false
 	// lastDown is the UnixNano of the newest such change.
 	lastDown atomic.Int64
 
 	probeChannel string
+	probePrefix  string       // of every hub's probe channels
 	lag          atomic.Int64 // nanoseconds of the newest probe's round trip; -1 before one
 	probes       atomic.Uint64
 	// seen is the UnixNano at which the newest probe read back was due,
@@ -106,19 +107,47 @@ type Subscriber struct {
 	seen   atomic.Int64
 	missed atomic.Uint64 // probe deadlines missed
 
+	src atomic.Pointer[subSource] // while Run runs
+
 	mu     sync.Mutex    // guards ps, which a reconnect replaces
 	ps     *redis.PubSub // the current subscription; nil outside Run
 	kicked atomic.Bool   // the probe tore ps down: Run makes a new one
 }
 
-// NewSubscriber prepares a subscription; Run makes it.
+// NewSubscriber prepares a subscription on one server; Run makes it.
 func NewSubscriber(opts *redis.Options, sink Sink, cfg SubscriberConfig) *Subscriber {
-	o := *opts
-	o.ClientName = SubscriberName
-	// RESP2: pub/sub messages are the same, and go-redis then skips its
-	// RESP3 push-notification check before every message (a tenth of the
-	// hub's CPU under a flood of 100,000 unroutable events/s).
-	o.Protocol = 2
+	return NewTargetSubscriber(SingleTarget(opts), sink, cfg)
+}
+
+// NewTargetSubscriber prepares a subscription on any shape of Redis; Run
+// makes it. On Sentinel each (re)connect asks the sentinels for the
+// current primary; on Cluster the subscription is held on one primary,
+// and moves to another whenever it has to be made again.
+func NewTargetSubscriber(t *Target, sink Sink, cfg SubscriberConfig) *Subscriber {
+	tg := &Target{Shape: t.Shape}
+	var dial, read, write *time.Duration
+	switch t.Shape {
+	case ShapeSentinel:
+		o := *t.Sentinel
+		o.SentinelAddrs = append([]string(nil), o.SentinelAddrs...)
+		o.ClientName, o.Protocol = SubscriberName, 2
+		tg.Sentinel = &o
+		dial, read, write = &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout
+	case ShapeCluster:
+		o := *t.Cluster
+		o.Addrs = append([]string(nil), o.Addrs...)
+		o.ClientName, o.Protocol = SubscriberName, 2
+		tg.Cluster = &o
+		dial, read, write = &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout
+	default:
+		o := *t.Single
+		// RESP2: pub/sub messages are the same, and go-redis then skips its
+		// RESP3 push-notification check before every message (a tenth of the
+		// hub's CPU under a flood of 100,000 unroutable events/s).
+		o.ClientName, o.Protocol = SubscriberName, 2
+		tg.Single = &o
+		dial, read, write = &o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout
+	}
 	if cfg.ProbeInterval <= 0 {
 		cfg.ProbeInterval = 5 * time.Second
 	}
@@ -149,13 +178,13 @@ func NewSubscriber(opts *redis.Options, sink Sink, cfg SubscriberConfig) *Subscr
 		// partition) hangs until these run out: bounded by the probe
 		// interval, a healed path is used within an interval and a
 		// backoff, not go-redis's 3-5 s.
-		for _, d := range []*time.Duration{&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout} {
+		for _, d := range []*time.Duration{dial, read, write} {
 			if *d <= 0 || *d > cfg.LagInterval {
 				*d = cfg.LagInterval
 			}
 		}
 	}
-	s := &Subscriber{opts: &o, sink: sink, cfg: cfg}
+	s := &Subscriber{target: tg, sink: sink, cfg: cfg}
 	for _, f := range cfg.Families {
 		s.pats = append(s.pats, f.Pattern())
 	}
@@ -309,8 +338,12 @@ func (s *Subscriber) Patterns() []string { return s.pats }
 // it drops. Each time all patterns are confirmed the sink is told of the
 // gap, so every client is resynced.
 func (s *Subscriber) Run(ctx context.Context) {
-	rdb := redis.NewClient(s.opts)
-	defer rdb.Close()
+	src := newSubSource(s.target, s.cfg.Logger)
+	s.src.Store(&src)
+	defer func() {
+		s.src.Store(nil)
+		src.close()
+	}()
 	log := s.cfg.Logger
 	probing := s.cfg.Publisher != nil && s.probeChannel != ""
 	if probing {
@@ -337,7 +370,7 @@ func (s *Subscriber) Run(ctx context.Context) {
 		var sctx context.Context
 		sctx, span = tracer.Start(ctx, "redis.psubscribe", trace.WithSpanKind(trace.SpanKindClient),
 			trace.WithAttributes(attribute.StringSlice("topohub.patterns", s.pats), attribute.Int("topohub.attempt", attempt),
-				attribute.String("server.address", s.opts.Addr)))
+				attribute.String("server.address", s.addr())))
 		return sctx
 	}
 	replace := func() {
@@ -348,7 +381,7 @@ func (s *Subscriber) Run(ctx context.Context) {
 			span.SetStatus(codes.Error, "replaced before it was confirmed")
 			span.End()
 		}
-		ps = rdb.PSubscribe(startSpan(), s.pats...)
+		ps = src.psubscribe(startSpan(), s.pats)
 		s.mu.Lock()
 		s.ps = ps
 		s.mu.Unlock()
@@ -416,6 +449,12 @@ func (s *Subscriber) Run(ctx context.Context) {
 					log.Warn("redis subscription unresponsive; reconnecting")
 				}
 				replace()
+			default:
+				// The connection failed (the server died, a failover
+				// closed it): a new subscription, which on Sentinel asks
+				// for the current primary and on Cluster moves to
+				// another node.
+				replace()
 			}
 			pingOut = false
 			if span == nil {
@@ -423,11 +462,11 @@ func (s *Subscriber) Run(ctx context.Context) {
 			}
 			span.RecordError(s.redactErr(err))
 			if s.setDown() {
-				log.Warn("redis subscription lost", "problem", ProblemTLS(err, s.opts.TLSConfig != nil), "addr", s.opts.Addr, "err", s.redactErr(err))
+				log.Warn("redis subscription lost", "problem", ProblemTLS(err, s.target.TLS()), "addr", s.addr(), "err", s.redactErr(err))
 				failures.Reset()
 			} else {
 				failures.Do(func() {
-					log.Warn("redis subscription cannot be made; retrying", "problem", ProblemTLS(err, s.opts.TLSConfig != nil), "addr", s.opts.Addr, "err", s.redactErr(err))
+					log.Warn("redis subscription cannot be made; retrying", "problem", ProblemTLS(err, s.target.TLS()), "addr", s.addr(), "err", s.redactErr(err))
 				})
 			}
 			select {
@@ -458,7 +497,7 @@ func (s *Subscriber) Run(ctx context.Context) {
 					span = nil
 				}
 				failures.Reset()
-				log.Info("redis subscription established", "patterns", s.pats, "addr", s.opts.Addr)
+				log.Info("redis subscription established", "patterns", s.pats, "addr", s.addr())
 			}
 		case *redis.Pong:
 		}
@@ -470,10 +509,25 @@ const TracerName = "topohub/busredis"
 
 // redactErr is err with the password, should its text hold it, masked.
 func (s *Subscriber) redactErr(err error) error {
-	if s.opts.Password == "" || !strings.Contains(err.Error(), s.opts.Password) {
+	text := err.Error()
+	for _, p := range s.target.Passwords() {
+		if strings.Contains(text, p) {
+			text = RedactPassword(text, p)
+		}
+	}
+	if text == err.Error() {
 		return err
 	}
-	return errors.New(RedactPassword(err.Error(), s.opts.Password))
+	return errors.New(text)
+}
+
+// addr names where the subscription is (or is being) made, for logs and
+// spans: the node chosen last, else the URL's first address.
+func (s *Subscriber) addr() string {
+	if n := s.Node(); n != "" {
+		return n
+	}
+	return s.target.Addrs()[0]
 }
 
 // every lets an action run at once and then at most once per interval,
@@ -493,6 +547,17 @@ func (e *every) Do(f func()) {
 }
 
 func (e *every) Reset() { e.last = time.Time{} }
+
+
+// Node returns the address of the server the subscription was made on
+// last: the server, or on a Cluster the node it chose; on Sentinel, the
+// failover client's name for the primary. Empty outside Run.
+func (s *Subscriber) Node() string {
+	if p := s.src.Load(); p != nil {
+		return (*p).node()
+	}
+	return ""
+}
 
 // Established counts how many times the subscription was established.
 func (s *Subscriber) Established() uint64 { return s.gaps.Load() }

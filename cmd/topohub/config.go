@@ -15,6 +15,7 @@ import (
 type config struct {
 	Addr            string
 	RedisURL        string
+	RedisTLSCA      string
 	JWTSecret       string
 	JWTIssuer       string
 	JWTAudience     string
@@ -115,7 +116,8 @@ func flagDefs(c *config) []envFlag {
 	}
 	return []envFlag{
 		{"addr", "TOPOHUB_ADDR", ":8080", "HTTP listen address", str(&c.Addr)},
-		{"redis-url", "TOPOHUB_REDIS_URL", "", "Redis URL (redis://host:6379/0); empty starts an embedded development broker", str(&c.RedisURL)},
+		{"redis-url", "TOPOHUB_REDIS_URL", "", "Redis URL: redis[s]://host:6379/0, redis[s]+sentinel://host:26379?sentinel_master_name=NAME&addr=host2:26379, redis[s]+cluster://host:6379?addr=host2:6379; empty starts an embedded development broker", str(&c.RedisURL)},
+		{"redis-tls-ca", "TOPOHUB_REDIS_TLS_CA", "", "PEM file of the CAs a rediss:// server's certificate must chain to (empty: the system's)", str(&c.RedisTLSCA)},
 		{"jwt-secret", "TOPOHUB_JWT_SECRET", "", "HS256 secret, at least 32 bytes; required with a Redis URL", str(&c.JWTSecret)},
 		{"jwt-issuer", "TOPOHUB_JWT_ISSUER", "decnet", "required iss claim (empty: not checked)", str(&c.JWTIssuer)},
 		{"jwt-audience", "TOPOHUB_JWT_AUDIENCE", "decnet-dashboard", "required aud claim (empty: not checked)", str(&c.JWTAudience)},

@@ -74,12 +74,12 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	} else if len(cfg.JWTSecret) < handlers.MinSecretLen {
 		return fmt.Errorf("TOPOHUB_JWT_SECRET must be at least %d bytes (got %d); generate one with: openssl rand -hex 32", handlers.MinSecretLen, len(cfg.JWTSecret))
 	}
-	ropts, err := redis.ParseURL(redisURL)
+	target, err := busredis.ParseURL(redisURL, cfg.RedisTLSCA)
 	if err != nil {
-		// The parse error quotes the URL, and with it any password.
-		return errors.New("TOPOHUB_REDIS_URL is not a valid redis:// or rediss:// URL (redis://[user:password@]host:port/db)")
+		// ParseURL's errors never quote the URL, and so no password.
+		return fmt.Errorf("TOPOHUB_REDIS_URL: %w (see docs/deployment.md for the redis://, redis+sentinel:// and redis+cluster:// forms)", err)
 	}
-	redis.SetLogger(newRedisLogger(log, ropts.Password))
+	redis.SetLogger(newRedisLogger(log, target.Passwords()))
 	tp, stopTracing, err := startTracing(lookupEnv, log)
 	if err != nil {
 		return err
@@ -89,20 +89,21 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		defer cancel()
 		stopTracing(ctx)
 	}()
-	log.Info("redis", "addr", ropts.Addr, "db", ropts.DB, "tls", ropts.TLSConfig != nil, "user", ropts.Username, "password_set", ropts.Password != "")
-	rdb := redis.NewClient(ropts)
+	log.Info("redis", "shape", target.Shape.String(), "addrs", target.Addrs(), "tls", target.TLS(), "password_set", len(target.Passwords()) > 0)
+	rdb := target.NewClient()
 	defer closeWithin(rdb, time.Second, log)
 	// Handshakes make small Redis calls concurrently (ticket, cap,
 	// snapshots): the autopipeliner sends those in flight together as one
-	// pipeline, one system call each way for many handshakes.
-	calls, err := rdb.AutoPipeline()
+	// pipeline, one system call each way for many handshakes (per node on
+	// a Cluster).
+	calls, err := autoPipeline(rdb, false)
 	if err != nil {
 		return fmt.Errorf("redis autopipeline: %w", err)
 	}
 	// The stores of the request path (tickets, cap, revocations) wait on
 	// the asynchronous face, whose waits honour the request's deadline
 	// (busredis.process); the blocking face's do not.
-	reqCalls, err := rdb.AsyncAutoPipeline()
+	reqCalls, err := autoPipeline(rdb, true)
 	if err != nil {
 		return fmt.Errorf("redis autopipeline: %w", err)
 	}
@@ -121,7 +122,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		return err
 	}
 	limiter := busredis.NewLimiter(reqCalls, busredis.LimiterConfig{Max: cfg.MaxConnsPerUser, Prefix: cfg.KeyPrefix, Logger: log})
-	sub := busredis.NewSubscriber(ropts, h, busredis.SubscriberConfig{
+	sub := busredis.NewTargetSubscriber(target, h, busredis.SubscriberConfig{
 		Families: families, Publisher: rdb, Instance: limiter.InstanceID(), Logger: log, TracerProvider: tp,
 		LagInterval: cfg.ProbeInterval, ProbeDeadline: cfg.ProbeDeadline,
 	})
@@ -184,6 +185,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 	bg.Go(func() { sub.Run(bgCtx) })
 	bg.Go(func() { h.Run(bgCtx, 0) })
 	bg.Go(func() { limiter.Run(bgCtx) })
+	bg.Go(func() { busredis.KeepClusterLayout(bgCtx, rdb, 0) })
 	bg.Go(func() { srv.WatchRevocations(bgCtx, 0) })
 	if err := startDemo(bgCtx, &bg, cfg, redisURL, log); err != nil {
 		_ = ln.Close()
@@ -265,4 +267,21 @@ func closeWithin(c io.Closer, d time.Duration, log *slog.Logger) {
 	case <-time.After(d):
 		log.Warn("redis connections still closing at exit; not waiting for them")
 	}
+}
+
+// autoPipeline returns the autopipeliner of a plain, failover or cluster
+// client: the blocking face, or with async the asynchronous one.
+func autoPipeline(rdb redis.UniversalClient, async bool) (*redis.AutoPipeliner, error) {
+	type pipelined interface {
+		AutoPipeline() (*redis.AutoPipeliner, error)
+		AsyncAutoPipeline() (*redis.AutoPipeliner, error)
+	}
+	p, ok := rdb.(pipelined)
+	if !ok {
+		return nil, fmt.Errorf("%T has no autopipeliner", rdb)
+	}
+	if async {
+		return p.AsyncAutoPipeline()
+	}
+	return p.AutoPipeline()
 }

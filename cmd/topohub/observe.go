@@ -46,12 +46,12 @@ func durationsInMillis(_ []string, a slog.Attr) slog.Attr {
 // They repeat on every failed dial, so at most 3 are logged per 10 s.
 type redisLogger struct {
 	log      *slog.Logger
-	password string
-	limit    *rate.Sometimes
+	passwords []string
+	limit     *rate.Sometimes
 }
 
-func newRedisLogger(log *slog.Logger, password string) redisLogger {
-	return redisLogger{log: log, password: password, limit: &rate.Sometimes{First: 3, Interval: 10 * time.Second}}
+func newRedisLogger(log *slog.Logger, passwords []string) redisLogger {
+	return redisLogger{log: log, passwords: passwords, limit: &rate.Sometimes{First: 3, Interval: 10 * time.Second}}
 }
 
 func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
@@ -61,8 +61,8 @@ func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
 		return
 	}
 	msg := strings.TrimSpace(fmt.Sprintf(format, v...))
-	if l.password != "" {
-		msg = strings.ReplaceAll(msg, l.password, "***")
+	for _, p := range l.passwords {
+		msg = strings.ReplaceAll(msg, p, "***")
 	}
 	l.log.WarnContext(ctx, "redis client", "detail", msg)
 }
