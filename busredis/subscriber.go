@@ -548,7 +548,6 @@ func (e *every) Do(f func()) {
 
 func (e *every) Reset() { e.last = time.Time{} }
 
-
 // Node returns the address of the server the subscription was made on
 // last: the server, or on a Cluster the node it chose; on Sentinel, the
 // failover client's name for the primary. Empty outside Run.

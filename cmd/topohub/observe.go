@@ -45,7 +45,7 @@ func durationsInMillis(_ []string, a slog.Attr) slog.Attr {
 // warnings, with the password masked should one ever appear.
 // They repeat on every failed dial, so at most 3 are logged per 10 s.
 type redisLogger struct {
-	log      *slog.Logger
+	log       *slog.Logger
 	passwords []string
 	limit     *rate.Sometimes
 }
