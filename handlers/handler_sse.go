@@ -93,7 +93,7 @@ func (s *Server) refuse(c *gin.Context, transport, reason, detail string, attrs 
 	if reason == refusedUnavailable {
 		level = slog.LevelError
 	}
-	args := append([]any{"transport", transport, "reason", reason, "detail", detail, "remote", c.ClientIP()}, attrs...)
+	args := append([]any{"transport", transport, "reason", reason, "detail", detail, "remote", s.clientIP(c)}, attrs...)
 	s.log.Log(c.Request.Context(), level, "handshake refused", args...)
 }
 

@@ -85,7 +85,7 @@ func (s *Server) refuseMint(c *gin.Context, reason, detail string, attrs ...any)
 	if reason == "unavailable" {
 		level = slog.LevelError
 	}
-	args := append([]any{"reason", reason, "detail", detail, "remote", c.ClientIP()}, attrs...)
+	args := append([]any{"reason", reason, "detail", detail, "remote", s.clientIP(c)}, attrs...)
 	s.log.Log(c.Request.Context(), level, "ticket refused", args...)
 }
 
