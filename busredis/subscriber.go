@@ -382,6 +382,7 @@ func (s *Subscriber) Run(ctx context.Context) {
 			span.End()
 		}
 		ps = src.psubscribe(startSpan(), s.pats)
+		span.SetAttributes(attribute.String("server.address", s.addr())) // the node just chosen
 		s.mu.Lock()
 		s.ps = ps
 		s.mu.Unlock()
@@ -427,10 +428,15 @@ func (s *Subscriber) Run(ctx context.Context) {
 		if err != nil {
 			var ne net.Error
 			timedOut := errors.As(err, &ne) && ne.Timeout()
+			// Where the subscription was, before replace moves it (on a
+			// Cluster, to another node).
+			lostAddr := s.addr()
+			lost := false
 			switch {
 			case s.kicked.Swap(false) || errors.Is(err, redis.ErrClosed):
 				// The probe marked the bus down and closed the connection.
-				s.setDown()
+				lost = s.setDown()
+				recordErr(span, s.redactErr(err))
 				replace()
 			case timedOut && probing && s.ready.Load():
 				continue // quiet bus; the probe is the judge
@@ -446,23 +452,22 @@ func (s *Subscriber) Run(ctx context.Context) {
 				// leave it so while Redis itself answers health checks).
 				// Mark the bus down first, then start afresh.
 				if s.setDown() {
-					log.Warn("redis subscription unresponsive; reconnecting")
+					log.Warn("redis subscription unresponsive; reconnecting", "addr", lostAddr)
 				}
+				recordErr(span, s.redactErr(err))
 				replace()
 			default:
 				// The connection failed (the server died, a failover
-				// closed it): a new subscription, which on Sentinel asks
-				// for the current primary and on Cluster moves to
-				// another node.
+				// closed it): readiness first, then a new subscription,
+				// which on Sentinel asks for the current primary and on
+				// Cluster moves to another node.
+				lost = s.setDown()
+				recordErr(span, s.redactErr(err))
 				replace()
 			}
 			pingOut = false
-			if span == nil {
-				startSpan() // go-redis resubscribes on the next receive
-			}
-			span.RecordError(s.redactErr(err))
-			if s.setDown() {
-				log.Warn("redis subscription lost", "problem", ProblemTLS(err, s.target.TLS()), "addr", s.addr(), "err", s.redactErr(err))
+			if lost {
+				log.Warn("redis subscription lost", "problem", ProblemTLS(err, s.target.TLS()), "addr", lostAddr, "err", s.redactErr(err))
 				failures.Reset()
 			} else {
 				failures.Do(func() {
@@ -507,6 +512,13 @@ func (s *Subscriber) Run(ctx context.Context) {
 // TracerName is the instrumentation scope of the subscriber's spans.
 const TracerName = "topohub/busredis"
 
+// recordErr records err on the span of the attempt it ended, if any.
+func recordErr(span trace.Span, err error) {
+	if span != nil {
+		span.RecordError(err)
+	}
+}
+
 // redactErr is err with the password, should its text hold it, masked.
 func (s *Subscriber) redactErr(err error) error {
 	text := err.Error()
@@ -527,7 +539,7 @@ func (s *Subscriber) addr() string {
 	if n := s.Node(); n != "" {
 		return n
 	}
-	return s.target.Addrs()[0]
+	return strings.Join(s.target.Addrs(), ",")
 }
 
 // every lets an action run at once and then at most once per interval,

@@ -26,7 +26,7 @@ func newSubSource(t *Target, log *slog.Logger) subSource {
 		// The failover client dials through the sentinels: every new
 		// connection asks them for the current primary, so a subscription
 		// made after a failover is on the promoted server.
-		return &clientSource{rdb: redis.NewFailoverClient(t.Sentinel)}
+		return &clientSource{rdb: redis.NewFailoverClient(t.Sentinel), sentinel: true}
 	case ShapeCluster:
 		layout := *t.Cluster
 		layout.ClientName = "topohub-layout"
@@ -38,7 +38,10 @@ func newSubSource(t *Target, log *slog.Logger) subSource {
 
 // clientSource subscribes through one client (a server, or the primary
 // that Sentinel names).
-type clientSource struct{ rdb *redis.Client }
+type clientSource struct {
+	rdb      *redis.Client
+	sentinel bool // rdb is a failover client: its Addr names no server
+}
 
 func (c *clientSource) psubscribe(ctx context.Context, pats []string) *redis.PubSub {
 	return c.rdb.PSubscribe(ctx, pats...)
@@ -46,7 +49,12 @@ func (c *clientSource) psubscribe(ctx context.Context, pats []string) *redis.Pub
 
 func (c *clientSource) close() { _ = c.rdb.Close() }
 
-func (c *clientSource) node() string { return c.rdb.Options().Addr }
+func (c *clientSource) node() string {
+	if c.sentinel {
+		return "" // the sentinels pick the server; Subscriber.addr names them
+	}
+	return c.rdb.Options().Addr
+}
 
 // clusterSource holds the subscription on one primary of a cluster. A
 // plain PUBLISH on any node is broadcast over the cluster bus to every

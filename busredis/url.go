@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -94,6 +95,8 @@ func (t *Target) Passwords() []string {
 	default:
 		add(t.Single.Password)
 	}
+	// Longest first, so that masking one never leaves part of another.
+	slices.SortFunc(ps, func(a, b string) int { return len(b) - len(a) })
 	return ps
 }
 

@@ -134,7 +134,7 @@ func TestBrowserBehindNginx(t *testing.T) {
 			// within 1 s drops the WebSocket.
 			c.Keepalive = 200 * time.Millisecond
 			c.WriteTimeout = time.Second
-			c.Logger = slog.New(slog.NewJSONHandler(logs, nil))
+			c.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})) // health checks log at debug
 		})
 	}
 	a := newTestHub(t, edge(&logsA))

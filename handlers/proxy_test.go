@@ -40,7 +40,7 @@ func TestTrustedProxiesOnly(t *testing.T) {
 	var logs syncBuffer
 	th := newTestHub(t, withConfig(func(c *Config) {
 		c.TrustedProxies = []string{"127.0.0.1"}
-		c.Logger = slog.New(slog.NewJSONHandler(&logs, nil))
+		c.Logger = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})) // health checks log at debug
 	}))
 	trusted, untrusted := clientFrom("127.0.0.1"), clientFrom("127.0.0.2")
 	forged := http.Header{"X-Forwarded-For": {"6.6.6.6"}}
