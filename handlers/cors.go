@@ -2,6 +2,7 @@ package handlers
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/gin-gonic/gin"
 )
@@ -33,7 +34,17 @@ func (s *Server) cors(refuseOthers bool) gin.HandlerFunc {
 		}
 		if !ok || !matchOrigin(s.corsOrigins, u) {
 			if preflight || refuseOthers {
-				s.log.Info("cross-origin request refused", "path", redactPath(c.Request.URL.Path), "origin", redactSegment(origin))
+				const why = "cross-origin request refused"
+				switch route := c.FullPath(); {
+				case preflight:
+					s.log.Info(why, "path", redactPath(c.Request.URL.Path), "origin", redactSegment(origin), "preflight", true)
+				case strings.HasSuffix(route, "/events"):
+					s.refuse(c, transportSSE, refusedOrigin, why, "origin", redactSegment(origin))
+				case strings.HasSuffix(route, "/sse-ticket"):
+					s.refuseMint(c, refusedOrigin, why, "origin", redactSegment(origin))
+				default:
+					s.log.Info(why, "path", redactPath(c.Request.URL.Path), "origin", redactSegment(origin))
+				}
 				abortJSON(c, http.StatusForbidden, "origin not allowed")
 			}
 			return

@@ -169,7 +169,7 @@ func (s *Server) handleWebSocket(c *gin.Context) {
 	// The origin is checked before admit, so a refused page does not spend
 	// a single-use ticket.
 	if !s.originAllowed(c.Request) {
-		s.refuse(c, transportWS, refusedOrigin, "origin not allowed", "origin", c.GetHeader("Origin"))
+		s.refuse(c, transportWS, refusedOrigin, "origin not allowed", "origin", redactSegment(c.GetHeader("Origin")))
 		abortJSON(c, http.StatusForbidden, "origin not allowed")
 		return
 	}

@@ -52,7 +52,7 @@ func newServerMetrics(reg prometheus.Registerer, build BuildInfo) *serverMetrics
 		ticketsMinted: prometheus.NewCounter(prometheus.CounterOpts{Name: "topohub_tickets_minted_total", Help: "Tickets minted by POST <base>/auth/sse-ticket."}),
 		ticketsRedeem: prometheus.NewCounter(prometheus.CounterOpts{Name: "topohub_tickets_redeemed_total", Help: "Tickets redeemed (handshakes and WebSocket refreshes)."}),
 		ticketsRefuse: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "topohub_tickets_refused_total",
-			Help: "Ticket mints and redemptions refused, by reason (invalid: unknown, used or expired ticket; rate_limited: minting too fast; credentials: the token or session was refused; unavailable: Redis failed)."}, []string{"reason"}),
+			Help: "Ticket mints and redemptions refused, by reason (invalid: unknown, used or expired ticket, which includes the spent ticket of a native EventSource reconnect that its resume cookie then admits; origin: a cross-origin mint from an origin not in TOPOHUB_CORS_ORIGINS; rate_limited: minting too fast; credentials: the token or session was refused; unavailable: Redis failed)."}, []string{"reason"}),
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "topohub_ws_rate_limited_total", Help: "rate_limited error frames sent to WebSocket clients over the control rate."}),
 		oversized: prometheus.NewCounter(prometheus.CounterOpts{Name: "topohub_ws_frames_dropped_total",
 			Help: "Event frames not sent on WebSocket because they exceed the 1 MiB message limit (SSE still carries them)."}),
@@ -78,13 +78,13 @@ func newServerMetrics(reg prometheus.Registerer, build BuildInfo) *serverMetrics
 		m.conns[tr] = conns.WithLabelValues(tr)
 		m.handshake[tr] = hs.WithLabelValues(tr)
 		for _, r := range []string{refusedOrigin, refusedDraining, refusedUnauthorized, refusedForbidden, refusedInvalid, refusedNotFound, refusedCap, refusedUnavailable} {
-			if tr == transportSSE && r == refusedOrigin || tr == transportWS && (r == refusedInvalid || r == refusedNotFound) {
+			if tr == transportWS && (r == refusedInvalid || r == refusedNotFound) {
 				continue // cannot happen on that transport
 			}
 			m.refused.WithLabelValues(tr, r) // exported at 0 from the start
 		}
 	}
-	for _, r := range []string{"invalid", "rate_limited", "credentials", "unavailable"} {
+	for _, r := range []string{"invalid", "rate_limited", "credentials", "unavailable", refusedOrigin} {
 		m.ticketsRefuse.WithLabelValues(r)
 	}
 	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{Name: "topohub_build_info", Help: "Always 1; the labels name the running build.",

@@ -133,6 +133,13 @@ func TestCORS(t *testing.T) {
 	if r := send(t, cl, http.MethodGet, th.sseURL(id)+"?ticket="+ticket, http.Header{"Origin": {"http://other.example"}}); r.StatusCode != http.StatusForbidden {
 		t.Errorf("SSE from an unlisted origin: %d, want 403", r.StatusCode)
 	}
+	m := th.scrape()
+	if got := m[`topohub_handshakes_refused_total{reason="origin",transport="sse"}`]; got != 1 {
+		t.Errorf("SSE origin refusals counted %v, want 1", got)
+	}
+	if got := m[`topohub_tickets_refused_total{reason="origin"}`]; got != 1 {
+		t.Errorf("ticket origin refusals counted %v, want 1", got)
+	}
 	s := th.openSSE(th.sseURL(id)+"?ticket="+ticket, http.Header{"Origin": {"https://dash.example.com"}})
 	if got := s.resp.Header.Get("Access-Control-Allow-Origin"); got != "https://dash.example.com" || s.resp.Header.Get("Access-Control-Allow-Credentials") != "true" {
 		t.Errorf("SSE stream's CORS headers: %v", s.resp.Header)
