@@ -58,19 +58,8 @@ func newFaultHub(t *testing.T, rs *redistest.Server, proxy *redistest.Proxy) *te
 	if err != nil {
 		t.Fatal(err)
 	}
-	th.srv = srv
-	th.http = httptest.NewServer(srv.Handler())
-	var once sync.Once
-	th.stop = func() {
-		once.Do(func() {
-			srv.Drain()
-			th.http.Close()
-			cancel()
-			wg.Wait()
-		})
-	}
-	t.Cleanup(th.stop)
-	waitFor(t, 10*time.Second, "bus subscription", th.sub.Ready)
+	th.http = httptest.NewUnstartedServer(srv.Handler())
+	th.serve(srv, cancel, &wg, 10*time.Second)
 	return th
 }
 

@@ -81,19 +81,8 @@ func newHAHub(t *testing.T, target *busredis.Target, prefix string, maxConns int
 	if err != nil {
 		t.Fatal(err)
 	}
-	th.srv = srv
-	th.http = httptest.NewServer(srv.Handler())
-	var once sync.Once
-	th.stop = func() {
-		once.Do(func() {
-			srv.Drain()
-			th.http.Close()
-			cancel()
-			wg.Wait()
-		})
-	}
-	t.Cleanup(th.stop)
-	waitFor(t, 15*time.Second, "bus subscription", th.sub.Ready)
+	th.http = httptest.NewUnstartedServer(srv.Handler())
+	th.serve(srv, cancel, &wg, 15*time.Second)
 	return &haHub{testHub: th, rdb: rdb, limiter: limiter}
 }
 

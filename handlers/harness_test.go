@@ -111,7 +111,6 @@ func newTestHub(t *testing.T, opts ...hubOption) *testHub {
 	if err != nil {
 		t.Fatal(err)
 	}
-	th.srv = srv
 	th.http = httptest.NewUnstartedServer(srv.Handler())
 	if setup.addr != "" {
 		th.http.Listener.Close()
@@ -128,6 +127,16 @@ func newTestHub(t *testing.T, opts ...hubOption) *testHub {
 			time.Sleep(20 * time.Millisecond) // poll: the old listener's port is being released
 		}
 	}
+	th.serve(srv, cancel, &wg, 10*time.Second)
+	return th
+}
+
+// serve starts th.http (created unstarted, for srv) and arranges its end
+// at cleanup: drain, close, cancel the background work, wait for it. It
+// returns once the bus subscription is up (within ready).
+func (th *testHub) serve(srv *Server, cancel context.CancelFunc, wg *sync.WaitGroup, ready time.Duration) {
+	th.t.Helper()
+	th.srv = srv
 	th.http.Start()
 	var once sync.Once
 	th.stop = func() {
@@ -138,9 +147,8 @@ func newTestHub(t *testing.T, opts ...hubOption) *testHub {
 			wg.Wait()
 		})
 	}
-	t.Cleanup(th.stop)
-	waitFor(t, 10*time.Second, "bus subscription", th.sub.Ready)
-	return th
+	th.t.Cleanup(th.stop)
+	waitFor(th.t, ready, "bus subscription", th.sub.Ready)
 }
 
 // waitFor polls cond until it holds or the deadline passes.

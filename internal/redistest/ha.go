@@ -2,6 +2,7 @@ package redistest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -98,28 +99,15 @@ func (p *Proc) launch(bin string, args []string) error {
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
 	p.cmd, p.exited = cmd, exited
-	rdb := redis.NewClient(&redis.Options{Addr: p.Addr, MaxRetries: -1})
-	defer rdb.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		err := rdb.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-exited:
+	if err := awaitPing(p.Addr, exited); err != nil {
+		if errors.Is(err, errExited) {
 			p.cmd = nil
-			return fmt.Errorf("%s on %s exited at start (port taken?)", bin, p.Addr)
-		default:
-		}
-		if time.Now().After(deadline) {
+		} else {
 			p.Kill()
-			return fmt.Errorf("%s on %s did not answer PING: %w", bin, p.Addr, err)
 		}
-		time.Sleep(20 * time.Millisecond) // poll interval, not synchronisation
+		return fmt.Errorf("%s: %w", bin, err)
 	}
+	return nil
 }
 
 // serverConf is the configuration shared by the servers of a test

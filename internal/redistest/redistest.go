@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -152,27 +153,13 @@ func (s *Server) launch() error {
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
 	s.cmd, s.exited = cmd, exited
-	rdb := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1})
-	defer rdb.Close()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		err := rdb.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-exited:
-			return fmt.Errorf("redis-server on %s exited at start (port taken?)", s.Addr)
-		default:
-		}
-		if time.Now().After(deadline) {
+	if err := awaitPing(s.Addr, exited); err != nil {
+		if !errors.Is(err, errExited) {
 			s.kill()
-			return fmt.Errorf("redis-server on %s did not answer PING: %w", s.Addr, err)
 		}
-		time.Sleep(20 * time.Millisecond) // poll interval, not synchronisation
+		return fmt.Errorf("redis-server: %w", err)
 	}
+	return nil
 }
 
 // External reports whether the server was given by EnvURL (and so cannot
@@ -249,4 +236,32 @@ func UniqueID(prefix string) string {
 	b := make([]byte, 6)
 	_, _ = rand.Read(b)
 	return prefix + hex.EncodeToString(b)
+}
+
+// errExited: the server process ended before it answered.
+var errExited = errors.New("exited at start (port taken?)")
+
+// awaitPing polls the server at addr with PING until it answers (nil),
+// its process exits (errExited) or 10 s pass.
+func awaitPing(addr string, exited <-chan struct{}) error {
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	defer rdb.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		err := rdb.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("on %s: %w", addr, errExited)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("on %s did not answer PING: %w", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval, not synchronisation
+	}
 }
