@@ -365,6 +365,14 @@ func TestClusterFailover(t *testing.T) {
 			break
 		}
 	}
+	// The victim's replica must hold what was written to it (the
+	// topology, if its slot is there): on a loaded machine its first sync
+	// may still be under way, and a replica promoted empty makes the
+	// topology vanish (its resync is not_found and the streams end).
+	vc := victim.Client(t)
+	waitFor(t, 10*time.Second, "the victim's replica in sync", func() bool {
+		return replicaCaughtUp(vc.Info(ctx, "replication").Val())
+	})
 	published := steadyPublisher(t, rdb, id)
 	before := downs(hubs)
 	victim.Kill()
@@ -500,4 +508,32 @@ func TestTLSWithCAFile(t *testing.T) {
 	if sub.Established() != 0 {
 		t.Fatal("a subscription was established with the wrong CA")
 	}
+}
+
+// replicaCaughtUp reads a primary's INFO replication: a replica is
+// online and has acknowledged everything the primary has written.
+func replicaCaughtUp(info string) bool {
+	var master int64 = -1
+	caught := false
+	for _, line := range strings.Split(info, "\r\n") {
+		if v, ok := strings.CutPrefix(line, "master_repl_offset:"); ok {
+			fmt.Sscan(v, &master)
+		}
+	}
+	for _, line := range strings.Split(info, "\r\n") {
+		// slave0:ip=127.0.0.1,port=7001,state=online,offset=1234,lag=0
+		if !strings.HasPrefix(line, "slave") || !strings.Contains(line, "state=online") {
+			continue
+		}
+		_, rest, ok := strings.Cut(line, "offset=")
+		if !ok {
+			continue
+		}
+		var off int64
+		fmt.Sscan(strings.SplitN(rest, ",", 2)[0], &off)
+		if master >= 0 && off >= master {
+			caught = true
+		}
+	}
+	return caught
 }
