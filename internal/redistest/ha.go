@@ -72,16 +72,7 @@ func startProc(tb testing.TB, bin string, conf func(port int, dir string) string
 	needBinary(tb, bin)
 	var lastErr error
 	for range 5 {
-		port, err := freePort()
-		if err != nil {
-			tb.Fatal(err)
-		}
-		dir := tb.TempDir()
-		path := filepath.Join(dir, "redis.conf")
-		if err := os.WriteFile(path, []byte(conf(port, dir)), 0o600); err != nil {
-			tb.Fatal(err)
-		}
-		p := &Proc{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Port: port, dir: dir}
+		p, path := newProc(tb, conf)
 		if lastErr = p.launch(bin, append([]string{path}, extra...)); lastErr == nil {
 			tb.Cleanup(p.Kill)
 			return p
@@ -295,16 +286,7 @@ func StartTLS(tb testing.TB, certFile, keyFile string) *Proc {
 func startProcTLS(tb testing.TB, conf func(port int, dir string) string) *Proc {
 	tb.Helper()
 	needBinary(tb, "redis-server")
-	port, err := freePort()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	dir := tb.TempDir()
-	path := filepath.Join(dir, "redis.conf")
-	if err := os.WriteFile(path, []byte(conf(port, dir)), 0o600); err != nil {
-		tb.Fatal(err)
-	}
-	p := &Proc{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Port: port, dir: dir}
+	p, path := newProc(tb, conf)
 	cmd := exec.Command("redis-server", path)
 	if err := cmd.Start(); err != nil {
 		tb.Fatal(err)
@@ -324,4 +306,21 @@ func startProcTLS(tb testing.TB, conf func(port int, dir string) string) *Proc {
 		tb.Fatalf("redistest: TLS redis-server on %s did not listen", p.Addr)
 	}
 	return p
+}
+
+// newProc picks a free port and a temporary directory for a server, and
+// writes its configuration there; it returns the Proc (not started) and
+// the configuration file's path.
+func newProc(tb testing.TB, conf func(port int, dir string) string) (*Proc, string) {
+	tb.Helper()
+	port, err := freePort()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dir := tb.TempDir()
+	path := filepath.Join(dir, "redis.conf")
+	if err := os.WriteFile(path, []byte(conf(port, dir)), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	return &Proc{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), Port: port, dir: dir}, path
 }
